@@ -1,0 +1,50 @@
+"""`resnet classify`: top-k labels for each image."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from resnet_cli.errors import UsageError
+from resnet_cli.images import ResizeMode
+from resnet_cli.inference import Predictor, iter_batches
+from resnet_cli.models import LoadedModel
+from resnet_cli.results import ClassifyResult, Prediction
+
+
+def classify_images(
+    paths: Sequence[str],
+    loaded: LoadedModel,
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    resize: ResizeMode = ResizeMode.crop,
+    progress: bool = True,
+) -> Iterator[ClassifyResult]:
+    """Yield one result per path, in input order, batch by batch.
+
+    Raises:
+        UsageError: the model has no classifier, or `top_k` is out of range.
+    """
+    import numpy as np
+
+    labels = loaded.labels
+    if labels is None:
+        raise UsageError("classify needs a model with its classifier (drop --no-include-top).")
+    if not 1 <= top_k <= len(labels):
+        raise UsageError(f"--top-k must be between 1 and {len(labels)}; got {top_k}.")
+    predictor = Predictor(loaded, batch_size)
+    for batch in iter_batches(paths, predictor, image_size=loaded.image_size,
+                              batch_size=batch_size, resize=resize, progress=progress):
+        rows = iter(batch.outputs)
+        for position, path in enumerate(batch.paths):
+            if position in batch.errors:
+                yield ClassifyResult(path=path, error=batch.errors[position].reason)
+                continue
+            probs = next(rows)
+            top = np.argpartition(-probs, top_k - 1)[:top_k]
+            top = top[np.argsort(-probs[top], kind="stable")]
+            yield ClassifyResult(path=path, predictions=tuple(
+                Prediction(rank=rank, index=int(i), wnid=labels[i].wnid, label=labels[i].name,
+                           probability=float(probs[i]))
+                for rank, i in enumerate(top, start=1)
+            ))

@@ -1,0 +1,204 @@
+"""Finding input images and turning each file into a size x size RGB uint8 array.
+
+The rules here are shared by every command: files are recognised by content (Pillow), EXIF
+orientation is applied, every pixel mode becomes RGB correctly, and huge or hostile files are
+refused with an `ImageError` instead of taking the batch down.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import sys
+import warnings
+from collections.abc import Iterable
+from enum import Enum
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from resnet_cli.errors import ImageError, NoInputsError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
+     ".ppm", ".pgm", ".pbm"}
+)
+CROP_FRACTION = 0.875  # ImageNet evaluation: resize to size/0.875, centre-crop size
+_GLOB_CHARS = frozenset("*?[")
+
+
+class ResizeMode(str, Enum):
+    """How an image is brought to size x size."""
+
+    crop = "crop"  # shorter side to size/0.875, centre crop (ImageNet evaluation protocol)
+    squash = "squash"  # straight bilinear resize, exactly like keras.utils.load_img
+
+
+def collect_inputs(
+    args: Iterable[str], *, recursive: bool = False, stdin: TextIO | None = None
+) -> list[str]:
+    """Expand files, directories, glob patterns and `-` (paths on stdin) into a list of paths.
+
+    Explicit files are kept whatever their extension (content decides later); directories
+    contribute their image files, chosen by extension. A path that does not exist stays in the
+    list, so it is reported as a failed input in its place.
+
+    Raises:
+        NoInputsError: nothing at all was named.
+    """
+    paths: list[str] = []
+    for arg in args:
+        if arg == "-":
+            source = stdin if stdin is not None else sys.stdin
+            paths.extend(line.strip() for line in source if line.strip())
+            continue
+        path = Path(arg)
+        if path.is_dir():
+            paths.extend(_images_in_dir(path, recursive=recursive))
+        elif not path.exists() and _GLOB_CHARS & set(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                paths.append(arg)  # reported as "no such file"
+            for match in matches:
+                if Path(match).is_dir():
+                    paths.extend(_images_in_dir(Path(match), recursive=recursive))
+                else:
+                    paths.append(match)
+        else:
+            paths.append(arg)
+    if not paths:
+        raise NoInputsError("No images found in the given inputs.")
+    return paths
+
+
+def _images_in_dir(folder: Path, *, recursive: bool) -> list[str]:
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        str(p) for p in entries
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) -> np.ndarray:
+    """Read `path` and return a (size, size, 3) uint8 RGB array.
+
+    Raises:
+        ImageError: the file is missing, unreadable, not an image, or too large to decode safely.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    _quiet_pillow_bomb_warning()
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(path)
+            if resize is ResizeMode.crop and img.format == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves at
+                # least the pixels the crop needs: several times faster on large photos.
+                need = int(size / CROP_FRACTION) + 1
+                img.draft("RGB", (need, need))
+            img.load()
+            rgb = to_rgb(_exif_transpose(img))
+        return _resize(rgb, size, resize)
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise ImageError(
+            path, f"too many pixels (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,})"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(path, f"cannot decode: {exc}") from None
+
+
+@cache
+def _quiet_pillow_bomb_warning() -> None:
+    # load_image refuses anything over MAX_IMAGE_PIXELS itself; Pillow's own warning for the
+    # same condition would only repeat that on stderr. (warnings.catch_warnings is not
+    # thread-safe, and images are decoded on worker threads.)
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # a malformed EXIF block must not cost the picture
+        log.debug("ignoring bad EXIF in %s: %s", img.filename if hasattr(img, "filename") else "?",
+                  exc)
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB.
+
+    High-bit-depth greyscale is scaled to 0..255 (a plain convert would clip it to white), and
+    transparent pixels are composited onto white.
+    """
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _scale_to_l(img).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _scale_to_l(img: Image.Image) -> Image.Image:
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16"):
+        peak = 65535.0
+    else:
+        top = float(arr.max()) if arr.size else 0.0
+        if img.mode == "F" and top <= 1.0:
+            peak = 1.0
+        elif top <= 255:
+            peak = 255.0
+        elif top <= 65535:
+            peak = 65535.0
+        else:
+            peak = top
+    scaled = np.clip(arr * (255.0 / peak), 0, 255)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def _resize(img: Image.Image, size: int, mode: ResizeMode) -> np.ndarray:
+    import numpy as np
+    from PIL import Image
+
+    if mode is ResizeMode.squash:
+        out = img.resize((size, size), Image.Resampling.BILINEAR)
+    else:
+        # Resample straight from the centre box of the original: the same pixels as resizing
+        # the shorter side to size/0.875 then cropping, without ever materialising the big
+        # intermediate (a 1 x 100000 strip would otherwise become gigapixels).
+        width, height = img.size
+        side = min(width, height) * CROP_FRACTION
+        left, top = (width - side) / 2, (height - side) / 2
+        out = img.resize((size, size), Image.Resampling.BILINEAR,
+                         box=(left, top, left + side, top + side))
+    return np.asarray(out, dtype=np.uint8)

@@ -1,0 +1,127 @@
+"""Batched inference: decode images on worker threads while the compiled model runs.
+
+`iter_batches` keeps the next batches decoding in a thread pool (Pillow releases the GIL)
+while TensorFlow works on the current one, and `Predictor` runs the model as one
+`tf.function` with a fixed batch shape, so it is traced once and never retraced.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from resnet_cli.errors import ImageError
+from resnet_cli.images import ResizeMode, load_image
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from resnet_cli.models import LoadedModel
+
+PREFETCH_BATCHES = 2
+
+
+class Predictor:
+    """The model plus its preprocessing as one compiled function over uint8 batches.
+
+    Every call runs at exactly `batch_size` rows (a short batch is padded), so the function is
+    traced once.
+    """
+
+    def __init__(self, loaded: LoadedModel, batch_size: int, *, model: Any = None) -> None:
+        import tensorflow as tf
+        from keras.applications import imagenet_utils
+
+        self.batch_size = batch_size
+        self.image_size = loaded.image_size
+        network = model if model is not None else loaded.model
+        mode = loaded.preprocess_mode
+        spec = tf.TensorSpec((batch_size, self.image_size, self.image_size, 3), tf.uint8)
+
+        @tf.function(input_signature=[spec])
+        def run(images: Any) -> Any:
+            x = imagenet_utils.preprocess_input(tf.cast(images, tf.float32), mode=mode)
+            return tf.cast(network(x, training=False), tf.float32)
+
+        self._run = run
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Run the model on up to `batch_size` images of shape (n, size, size, 3), uint8."""
+        import numpy as np
+
+        count = len(images)
+        if count < self.batch_size:
+            pad = np.zeros((self.batch_size - count, *images.shape[1:]), dtype=np.uint8)
+            images = np.concatenate([images, pad]) if count else pad
+        return np.asarray(self._run(images))[:count]
+
+
+@dataclass
+class Batch:
+    """One batch of inputs. `outputs` row j belongs to `paths[ok[j]]`; failed inputs are in
+    `errors`, keyed by their position in `paths`."""
+
+    paths: list[str]
+    ok: list[int]
+    outputs: np.ndarray
+    errors: dict[int, ImageError]
+
+
+def iter_batches(
+    paths: Sequence[str],
+    predictor: Callable[[np.ndarray], np.ndarray],
+    *,
+    image_size: int,
+    batch_size: int,
+    resize: ResizeMode = ResizeMode.crop,
+    progress: bool = True,
+    workers: int | None = None,
+    desc: str = "images",
+) -> Iterator[Batch]:
+    """Decode `paths` in batches and run `predictor` on each, in input order."""
+    import numpy as np
+
+    from resnet_cli.render import progress_bar
+
+    chunks = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
+    workers = workers or min(4, os.cpu_count() or 1)
+    pending: deque[tuple[list[str], list[Future[np.ndarray]]]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool, \
+            progress_bar(total=len(paths), desc=desc, enabled=progress and len(chunks) > 1,
+                         unit="img") as bar:
+        def submit(chunk: list[str]) -> None:
+            pending.append((chunk, [pool.submit(load_image, p, size=image_size, resize=resize)
+                                    for p in chunk]))
+
+        upcoming = iter(chunks)
+        try:
+            for chunk in upcoming:
+                submit(chunk)
+                if len(pending) >= PREFETCH_BATCHES:
+                    break
+            while pending:
+                chunk, futures = pending.popleft()
+                next_chunk = next(upcoming, None)
+                if next_chunk is not None:
+                    submit(next_chunk)
+                arrays, ok, errors = [], [], {}
+                for position, future in enumerate(futures):
+                    try:
+                        arrays.append(future.result())
+                        ok.append(position)
+                    except ImageError as exc:
+                        errors[position] = exc
+                if arrays:
+                    outputs = predictor(np.stack(arrays))
+                else:
+                    outputs = np.zeros((0,), dtype=np.float32)
+                bar.update(len(chunk))
+                yield Batch(paths=chunk, ok=ok, outputs=outputs, errors=errors)
+        finally:
+            for _, futures in pending:
+                for future in futures:
+                    future.cancel()

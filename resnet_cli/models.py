@@ -1,0 +1,267 @@
+"""The one model-loading layer: every command gets its Keras model from `load_model`.
+
+A model is either a registry variant (ImageNet weights, random weights or a weights file) or a
+whole `.keras` model written by `resnet finetune`, which carries a model card (`config.json`
+beside it) with its base variant, input size, preprocessing and class names. Saved models
+take *preprocessed* float input, exactly like the Keras application they were built from;
+`inference.Predictor` applies the preprocessing named in the card.
+
+Keras and TensorFlow are imported inside functions only, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resnet_cli.devices import apply_device, import_tensorflow, parse_device
+from resnet_cli.errors import ModelFileError, UsageError, WeightsError
+from resnet_cli.labels import ClassLabel, build_labels, load_imagenet_labels
+from resnet_cli.registry import DEFAULT_MODEL, ModelSpec, get_spec, imagenet_weights_file
+from resnet_cli.weights import load_imagenet_weights
+
+log = logging.getLogger(__name__)
+
+CARD_FILENAME = "config.json"  # model card beside a saved model.keras
+CARD_KEY = "resnet_cli_model"
+POOLING_CHOICES = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the command line asked for. `None` means "the model's default".
+
+    Attributes:
+        weights: "imagenet", "none", or the path of a weights file or `.keras` model.
+        pooling: "avg", "max" or None; only with `include_top=False`.
+    """
+
+    model: str = DEFAULT_MODEL
+    weights: str = "imagenet"
+    include_top: bool = True
+    pooling: str | None = None
+    image_size: int | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Facts a saved model needs to be used correctly, stored beside it as `config.json`."""
+
+    base_model: str
+    image_size: int
+    preprocess_mode: str
+    class_names: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    """A built Keras model and everything needed to feed it and read its output."""
+
+    model: Any  # keras.Model
+    spec: ModelSpec
+    image_size: int
+    preprocess_mode: str
+    labels: tuple[ClassLabel, ...] | None  # None for a backbone without classifier
+    source: str  # for messages: "resnet50 (ImageNet weights)", "runs/a/model.keras", ...
+    device: str = "/CPU:0"
+    card: ModelCard | None = None
+
+
+def load_model(options: ModelOptions, *, progress: bool | None = None) -> LoadedModel:
+    """Build or load the model described by `options`, on the requested device.
+
+    Raises:
+        UsageError: an option combination that cannot work (bad pooling, wrong image size).
+        WeightsError / ModelFileError: weights or a model file that cannot be used.
+        DeviceError: the requested device is not available.
+    """
+    request = parse_device(options.device)
+    weights = options.weights.strip()
+    if weights.lower().endswith(".keras"):
+        path = _existing(weights)
+        device = apply_device(request)
+        loaded = load_saved_model(path)
+        loaded.device = device
+        return loaded
+
+    spec = get_spec(options.model)
+    pooling = validate_pooling(options.pooling, include_top=options.include_top)
+    size = options.image_size or spec.default_size
+    if size < spec.min_size:
+        raise UsageError(f"--image-size must be at least {spec.min_size}; got {size}.")
+    kind = weights.lower()
+    if kind == "imagenet" and options.include_top and size != spec.default_size:
+        raise UsageError(
+            f"The ImageNet classifier of {spec.name} takes {spec.default_size}x"
+            f"{spec.default_size} input; got --image-size {size}. Use --image-size "
+            f"{spec.default_size}, or --no-include-top for features at other sizes."
+        )
+    weights_path: Path | None = None
+    if kind == "imagenet":
+        weights_path = load_imagenet_weights(
+            imagenet_weights_file(spec, include_top=options.include_top), progress=progress
+        )
+        source = f"{spec.name} (ImageNet weights)"
+    elif kind in ("none", ""):
+        source = f"{spec.name} (random weights)"
+    else:
+        weights_path = _existing(weights)
+        source = f"{spec.name} ({weights_path})"
+
+    device = apply_device(request)
+    model = build_model(spec, include_top=options.include_top, pooling=pooling, image_size=size)
+    if weights_path is not None:
+        _load_weights(model, weights_path, spec)
+    return LoadedModel(
+        model=model,
+        spec=spec,
+        image_size=size,
+        preprocess_mode=spec.preprocess_mode,
+        labels=load_imagenet_labels() if options.include_top else None,
+        source=source,
+        device=device,
+    )
+
+
+def validate_pooling(pooling: str | None, *, include_top: bool) -> str | None:
+    """Check `pooling` (Keras ignores unknown values silently; this does not)."""
+    if pooling is None or pooling.lower() == "none":
+        return None
+    value = pooling.lower()
+    if value not in POOLING_CHOICES:
+        raise UsageError(f"Invalid pooling '{pooling}': use avg, max or none.")
+    if include_top:
+        raise UsageError("--pooling only applies without the classifier: add --no-include-top.")
+    return value
+
+
+def build_model(
+    spec: ModelSpec,
+    *,
+    include_top: bool = True,
+    pooling: str | None = None,
+    image_size: int | None = None,
+    classes: int | None = None,
+) -> Any:
+    """Build the Keras application for `spec` with random weights (no I/O)."""
+    import_tensorflow()
+    import keras
+
+    size = image_size or spec.default_size
+    constructor = getattr(keras.applications, spec.constructor)
+    kwargs: dict[str, Any] = {"weights": None, "include_top": include_top,
+                              "input_shape": (size, size, 3), "pooling": pooling}
+    if include_top:
+        kwargs["classes"] = classes or spec.num_classes
+    return constructor(**kwargs)
+
+
+def _load_weights(model: Any, path: Path, spec: ModelSpec) -> None:
+    if not (path.name.endswith(".h5") or path.name.endswith(".hdf5")):
+        raise WeightsError(
+            f"{path}: unsupported weights file; expected a Keras .weights.h5 or .h5 file, "
+            "or a .keras model."
+        )
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:  # Keras raises ValueError, OSError, KeyError... for a bad file
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{path} does not fit {spec.name} "
+            f"(include_top={any(layer.name == 'predictions' for layer in model.layers)}): "
+            f"{first_line}"
+        ) from exc
+
+
+def _existing(weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UsageError(
+            f"--weights: no such file '{weights}'. Use imagenet, none, or a weights/.keras file."
+        )
+    return path
+
+
+def load_saved_model(path: Path) -> LoadedModel:
+    """Load a whole `.keras` model in Keras' safe mode, with its card when one is beside it."""
+    import_tensorflow()
+    import keras
+
+    try:
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"Cannot load model {path}: {first_line}") from exc
+    card = read_model_card(path)
+    input_shape = model.input_shape
+    size = int(input_shape[1]) if input_shape[1] is not None else None
+    if card is not None:
+        spec = get_spec(card.base_model)
+        size = card.image_size
+        mode = card.preprocess_mode
+        names = card.class_names
+    else:
+        spec = _infer_spec(model)
+        mode = spec.preprocess_mode
+        names = []
+        log.warning("%s has no %s beside it: assuming %s preprocessing", path, CARD_FILENAME,
+                    spec.name)
+    outputs = model.output_shape
+    labels: tuple[ClassLabel, ...] | None = None
+    if len(outputs) == 2 and outputs[-1] is not None:
+        count = int(outputs[-1])
+        if names and len(names) != count:
+            raise ModelFileError(
+                f"{path} has {count} outputs but its {CARD_FILENAME} names {len(names)} classes."
+            )
+        if names:
+            labels = build_labels(names)
+        elif count == spec.num_classes:
+            labels = load_imagenet_labels()
+        else:
+            labels = build_labels([f"class_{i}" for i in range(count)])
+    return LoadedModel(
+        model=model, spec=spec, image_size=size or spec.default_size, preprocess_mode=mode,
+        labels=labels, source=str(path), card=card,
+    )
+
+
+def _infer_spec(model: Any) -> ModelSpec:
+    from resnet_cli.registry import MODELS
+
+    names = {model.name, *(layer.name for layer in model.layers)}
+    for name in sorted(MODELS, key=len, reverse=True):  # "resnet50v2" before "resnet50"
+        if name in names:
+            return MODELS[name]
+    return MODELS[DEFAULT_MODEL]
+
+
+def read_model_card(model_path: Path) -> ModelCard | None:
+    """The card stored beside `model_path` (`config.json` with a `resnet_cli_model` entry)."""
+    card_path = model_path.parent / CARD_FILENAME
+    if not card_path.is_file():
+        return None
+    try:
+        data = json.loads(card_path.read_text())[CARD_KEY]
+        return ModelCard(
+            base_model=str(data["base_model"]),
+            image_size=int(data["image_size"]),
+            preprocess_mode=str(data["preprocess_mode"]),
+            class_names=[str(n) for n in data["class_names"]],
+            extra={k: v for k, v in data.items() if k not in
+                   ("base_model", "image_size", "preprocess_mode", "class_names")},
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{card_path} is not a valid resnet model card: {exc}") from exc
+
+
+def model_card_dict(card: ModelCard) -> dict[str, Any]:
+    """The JSON form of `card`, under the key `read_model_card` looks for."""
+    return {CARD_KEY: {"base_model": card.base_model, "image_size": card.image_size,
+                       "preprocess_mode": card.preprocess_mode,
+                       "class_names": list(card.class_names), **card.extra}}

@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny real images written with Pillow, and tiny real Keras models.
+
+Models are built with random weights at 64 px and saved in Keras' own formats, once per
+session, so the suite stays offline and fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_IMAGES = REPO / "sample_images"
+TINY = 64  # pixels: small enough to be fast, large enough for every ResNet stage
+
+
+@pytest.fixture(autouse=True)
+def _offline_keras_home(tmp_path_factory: pytest.TempPathFactory,
+                        monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test sees an empty Keras cache, never the developer's ~/.keras."""
+    home = tmp_path_factory.mktemp("keras_home")
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> list[Path]:
+    """The real photographs shipped in sample_images/ (see SOURCES.md)."""
+    photos = sorted(SAMPLE_IMAGES.glob("*.jpg"))
+    assert len(photos) >= 4
+    return photos
+
+
+def make_image(path: Path, size: tuple[int, int] = (80, 60), mode: str = "RGB",
+               seed: int = 0, fmt: str | None = None) -> Path:
+    """Write a real, non-uniform image file (smooth gradients plus noise) and return its path."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1),
+                    (xx + yy) * 127 / max(w + h - 2, 1)], axis=-1)
+    rgb = np.clip(rgb + rng.normal(0, 20, rgb.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(rgb, "RGB").convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_files(tmp_path: Path) -> list[Path]:
+    """Three small RGB images of different sizes and formats."""
+    return [
+        make_image(tmp_path / "a.jpg", (96, 64), seed=1),
+        make_image(tmp_path / "b.png", (50, 70), seed=2),
+        make_image(tmp_path / "c.webp", (64, 64), seed=3),
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_factory(tmp_path_factory: pytest.TempPathFactory
+                            ) -> Callable[[str], tuple[Path, object]]:
+    """Build (once per variant) a random-weight classifier at 64 px and save its weights.
+
+    Returns (path of the .weights.h5 file, the Keras model).
+    """
+    cache: dict[str, tuple[Path, object]] = {}
+
+    def build(variant: str) -> tuple[Path, object]:
+        if variant not in cache:
+            import keras
+
+            from resnet_cli.registry import get_spec
+
+            keras.utils.set_random_seed(len(cache) + 7)
+            spec = get_spec(variant)
+            model = getattr(keras.applications, spec.constructor)(
+                weights=None, input_shape=(TINY, TINY, 3))
+            path = tmp_path_factory.mktemp("weights") / f"{variant}.weights.h5"
+            model.save_weights(path)
+            cache[variant] = (path, model)
+        return cache[variant]
+
+    return build
