@@ -7,6 +7,7 @@ own preprocessing, default input size and published weights.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 
 from resnet_cli.errors import UnknownModelError
@@ -96,11 +97,15 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def imagenet_weights_file(spec: ModelSpec, *, include_top: bool) -> WeightsFile:
-    """The published ImageNet weights file for `spec`, with or without the classifier."""
+    """The published ImageNet weights file for `spec`, with or without the classifier.
+
+    `RESNET_WEIGHTS_URL` replaces the download address's folder (a mirror inside a firewall).
+    """
     suffix = "" if include_top else "_notop"
     filename = f"{spec.name}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
+    base = os.environ.get("RESNET_WEIGHTS_URL") or WEIGHTS_BASE_URL
     return WeightsFile(
         filename=filename,
-        url=WEIGHTS_BASE_URL + filename,
+        url=base.rstrip("/") + "/" + filename,
         md5=spec.top_md5 if include_top else spec.notop_md5,
     )
