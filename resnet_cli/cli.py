@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -30,6 +30,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+T = TypeVar("T")
 
 _state = {"debug": os.environ.get("RESNET_DEBUG", "") not in ("", "0")}
 
@@ -107,6 +109,21 @@ def _user_errors() -> Iterator[None]:
             raise
         _print_error("interrupted")
         raise typer.Exit(130) from None
+
+
+class _FailureCounter:
+    """Passes results through, printing one stderr line per failed input and counting them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def report(self, results: Iterable[T]) -> Iterator[T]:
+        for result in results:
+            error = getattr(result, "error", None)
+            if error is not None:
+                self.count += 1
+                _print_error(f"{getattr(result, 'path', '?')}: {error}".replace("[", r"\["))
+            yield result
 
 
 def _read_inputs(inputs: list[str] | None, *, recursive: bool) -> list[str]:
@@ -189,24 +206,16 @@ def classify(
     from resnet_cli.render import render_classify_table, write_classify
 
     out_format = _format_for(fmt, output)
-    failed = 0
-
-    def report(results):  # type: ignore[no-untyped-def]
-        nonlocal failed
-        for result in results:
-            if not result.ok:
-                failed += 1
-                _print_error(f"{result.path}: {result.error}".replace("[", r"\["))
-            yield result
-
+    failures = _FailureCounter()
     with _user_errors():
         paths = _read_inputs(inputs, recursive=recursive)
         if output is not None:
             check_output_path(output)
         loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
                                          device=device), progress=not quiet)
-        results = report(classify_images(paths, loaded, top_k=top_k, batch_size=batch_size,
-                                         resize=resize, progress=not quiet))
+        results = failures.report(classify_images(paths, loaded, top_k=top_k,
+                                                  batch_size=batch_size, resize=resize,
+                                                  progress=not quiet))
         if out_format is OutputFormat.table:
             render_classify_table(results, make_console())
         elif output is None:
@@ -214,7 +223,7 @@ def classify(
         else:
             with atomic_open(output, newline="") as handle:
                 write_classify(results, out_format, handle)
-    raise typer.Exit(EXIT_FAILURE if failed else EXIT_OK)
+    raise typer.Exit(EXIT_FAILURE if failures.count else EXIT_OK)
 
 
 def main() -> None:

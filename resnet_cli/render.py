@@ -89,4 +89,5 @@ def render_classify_table(results: Iterable[ClassifyResult], console: Console) -
         for p in result.predictions:
             table.add_row(result.path if p.rank == 1 else "", str(p.rank), p.label,
                           f"{p.probability:.4f}", end_section=p.rank == len(result.predictions))
-    console.print(table)
+    if table.row_count:
+        console.print(table)
