@@ -97,7 +97,8 @@ def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) ->
     _quiet_pillow_bomb_warning()
     try:
         with Image.open(path) as img:
-            if img.width * img.height > Image.MAX_IMAGE_PIXELS:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and img.width * img.height > limit:
                 raise Image.DecompressionBombError(path)
             if resize is ResizeMode.crop and img.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves at

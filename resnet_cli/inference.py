@@ -42,7 +42,7 @@ class Predictor:
         mode = loaded.preprocess_mode
         spec = tf.TensorSpec((batch_size, self.image_size, self.image_size, 3), tf.uint8)
 
-        @tf.function(input_signature=[spec])
+        @tf.function(input_signature=[spec])  # type: ignore[untyped-decorator]
         def run(images: Any) -> Any:
             x = imagenet_utils.preprocess_input(tf.cast(images, tf.float32), mode=mode)
             return tf.cast(network(x, training=False), tf.float32)
