@@ -35,7 +35,7 @@ def test_parity_with_plain_keras(runner: CliRunner, tiny_classifier_factory, sam
     records = json.loads(result.stdout)
     assert [r["path"] for r in records] == list(map(str, sample_photos))
     expected = _keras_reference(model, sample_photos, mode)
-    for record, row in zip(records, expected):
+    for record, row in zip(records, expected, strict=True):
         ours = np.zeros(1000)
         for p in record["predictions"]:
             ours[p["index"]] = p["probability"]

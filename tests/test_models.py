@@ -66,7 +66,7 @@ def test_published_h5_layout_loads(tmp_path: Path, tiny_classifier_factory) -> N
         legacy_h5_format.save_weights_to_hdf5_group(handle, reference)
     loaded = load_model(ModelOptions(weights=str(path), image_size=64))
     for ours, theirs in zip(loaded.model.weights[:5] + loaded.model.weights[-2:],
-                            reference.weights[:5] + reference.weights[-2:]):
+                            reference.weights[:5] + reference.weights[-2:], strict=True):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
 
 
@@ -119,7 +119,7 @@ def test_saved_model_without_card_infers_backbone(tmp_path: Path) -> None:
 
 def test_card_that_disagrees_with_the_model(tmp_path: Path) -> None:
     path = _save_tiny_finetuned(tmp_path / "run", ["only", "two"])
-    with pytest.raises(ModelFileError, match="3 outputs but its config.json names 2"):
+    with pytest.raises(ModelFileError, match=r"3 outputs but its config\.json names 2"):
         load_model(ModelOptions(weights=str(path)))
 
 
