@@ -10,17 +10,21 @@ from resnet_cli.inference import Predictor, iter_batches
 from resnet_cli.models import LoadedModel
 from resnet_cli.results import ClassifyResult, Prediction
 
+DEFAULT_TOP_K = 5
+
 
 def classify_images(
     paths: Sequence[str],
     loaded: LoadedModel,
     *,
-    top_k: int = 5,
+    top_k: int | None = None,
     batch_size: int = 32,
     resize: ResizeMode = ResizeMode.crop,
     progress: bool = True,
 ) -> Iterator[ClassifyResult]:
     """Yield one result per path, in input order, batch by batch.
+
+    `top_k` defaults to 5, or all classes of a model that has fewer.
 
     Raises:
         UsageError: the model has no classifier, or `top_k` is out of range.
@@ -30,6 +34,8 @@ def classify_images(
     labels = loaded.labels
     if labels is None:
         raise UsageError("classify needs a model with its classifier (drop --no-include-top).")
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, len(labels))
     if not 1 <= top_k <= len(labels):
         raise UsageError(f"--top-k must be between 1 and {len(labels)}; got {top_k}.")
     predictor = Predictor(loaded, batch_size)

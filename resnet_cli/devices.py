@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from resnet_cli.errors import DeviceError, UsageError
@@ -71,6 +72,10 @@ def _native_stderr_to_log() -> Iterator[None]:
 
 def import_tensorflow() -> Any:
     """Import TensorFlow (once) with its start-up chatter routed to the debug log."""
+    # TensorFlow's Python warnings (retracing notices, deprecations) are for library authors,
+    # not for someone running a command; real failures still raise.
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     configure_runtime()
@@ -124,3 +129,97 @@ def apply_device(request: DeviceRequest) -> str:
     name = "/GPU:0" if chosen else "/CPU:0"
     log.info("device: %s", name if not chosen else f"{len(chosen)} GPU(s)")
     return name
+
+
+# ----- numeric precision ------------------------------------------------------------------
+
+PRECISIONS = ("fp32", "bf16")
+_CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+class Precision(str, Enum):
+    """`--precision`: fp32, or bf16 (Keras mixed precision where the hardware runs it fast)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def parse_precision(text: str) -> str:
+    """Validate `--precision` (fp32 or bf16, any case) without importing TensorFlow.
+
+    Raises:
+        UsageError: anything else.
+    """
+    value = getattr(text, "value", text)  # a Precision member or a plain string
+    value = str(value).strip().lower()
+    if value not in PRECISIONS:
+        raise UsageError(f"Invalid precision '{value}': use fp32 or bf16.")
+    return value
+
+
+def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (x86 avx512_bf16 or amx_bf16).
+
+    Without it, TensorFlow emulates bfloat16 on CPU and runs several times *slower* than fp32.
+
+    Args:
+        cpuinfo: text of /proc/cpuinfo (read from the system when None; no file: False).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and _CPU_BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def _gpu_compute_capability(tf: Any) -> tuple[int, int] | None:
+    gpus = tf.config.get_visible_devices("GPU")
+    if not gpus:
+        return None
+    try:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+    except Exception:  # details are best effort (no CUDA details on some builds)
+        return None
+    return (int(capability[0]), int(capability[1])) if capability else None
+
+
+def precision_policy(precision: str, device: str, *, cpu_bf16: bool | None = None) -> str:
+    """The Keras dtype policy that runs `precision` on `device` ("/CPU:0", "/GPU:0").
+
+    bf16 means mixed_bfloat16 on CPUs with native bf16 and on GPUs of compute capability 8.0+
+    (Ampere), mixed_float16 on older GPUs (7.x), and float32 with a logged warning where the
+    hardware has neither (emulated half precision would be slower than fp32).
+
+    Args:
+        cpu_bf16: override the CPU check (tests); None reads /proc/cpuinfo.
+
+    Raises:
+        UsageError: `precision` is not fp32 or bf16.
+    """
+    if parse_precision(precision) == "fp32":
+        return "float32"
+    if device.upper().startswith("/GPU"):
+        capability = _gpu_compute_capability(import_tensorflow())
+        if capability is not None and capability >= (8, 0):
+            return "mixed_bfloat16"
+        if capability is None:
+            return "mixed_float16"  # every CUDA GPU TensorFlow supports runs float16
+        if capability >= (7, 0):
+            log.warning("this GPU (compute capability %d.%d) has no fast bfloat16: using float16 "
+                        "mixed precision for --precision bf16", *capability)
+            return "mixed_float16"
+        log.warning("this GPU (compute capability %d.%d) has no fast half precision: "
+                    "running in fp32", *capability)
+        return "float32"
+    supported = cpu_supports_bf16() if cpu_bf16 is None else cpu_bf16
+    if not supported:
+        log.warning("this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag): "
+                    "running in fp32 instead of bf16")
+        return "float32"
+    return "mixed_bfloat16"

@@ -11,14 +11,22 @@ Keras and TensorFlow are imported inside functions only, so importing this modul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnet_cli.devices import apply_device, import_tensorflow, parse_device
+from resnet_cli.devices import (
+    apply_device,
+    import_tensorflow,
+    parse_device,
+    parse_precision,
+    precision_policy,
+)
 from resnet_cli.errors import ModelFileError, UsageError, WeightsError
 from resnet_cli.labels import ClassLabel, build_labels, load_imagenet_labels
 from resnet_cli.registry import DEFAULT_MODEL, ModelSpec, get_spec, imagenet_weights_file
@@ -46,6 +54,7 @@ class ModelOptions:
     pooling: str | None = None
     image_size: int | None = None
     device: str = "auto"
+    precision: str = "fp32"  # "fp32" or "bf16" (mixed precision where the hardware has it)
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,9 @@ class LoadedModel:
     source: str  # for messages: "resnet50 (ImageNet weights)", "runs/a/model.keras", ...
     device: str = "/CPU:0"
     card: ModelCard | None = None
+    policy: str = "float32"  # Keras dtype policy it computes in: float32, mixed_bfloat16, ...
+    # Compiled inference functions by (model, batch size, ...): see inference.Predictor.
+    compiled: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def load_model(options: ModelOptions, *, progress: bool | None = None) -> LoadedModel:
@@ -82,12 +94,20 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
         DeviceError: the requested device is not available.
     """
     request = parse_device(options.device)
+    parse_precision(options.precision)
     weights = options.weights.strip()
     if weights.lower().endswith(".keras"):
         path = _existing(weights)
         device = apply_device(request)
+        policy = precision_policy(options.precision, device)
         loaded = load_saved_model(path)
         loaded.device = device
+        if policy != "float32":
+            # A saved model stores each layer's dtype policy, so the global policy would not
+            # reach it: switch its layers in place (variables stay float32).
+            _set_layer_policies(loaded.model, policy)
+            _keep_classifier_float32(loaded.model)
+        loaded.policy = policy
         return loaded
 
     spec = get_spec(options.model)
@@ -115,7 +135,12 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
         source = f"{spec.name} ({weights_path})"
 
     device = apply_device(request)
-    model = build_model(spec, include_top=options.include_top, pooling=pooling, image_size=size)
+    policy = precision_policy(options.precision, device)
+    with dtype_policy(policy):
+        model = build_model(spec, include_top=options.include_top, pooling=pooling,
+                            image_size=size)
+    if policy != "float32":
+        _keep_classifier_float32(model)
     if weights_path is not None:
         _load_weights(model, weights_path, spec)
     return LoadedModel(
@@ -126,7 +151,44 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
         labels=load_imagenet_labels() if options.include_top else None,
         source=source,
         device=device,
+        policy=policy,
     )
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str) -> Iterator[None]:
+    """Build layers under Keras' global dtype `policy`, then restore the previous one.
+
+    Layers keep the policy they were built with, so nothing leaks into later models.
+    """
+    import_tensorflow()
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _set_layer_policies(model: Any, policy: str) -> None:
+    for layer in model.layers:
+        if hasattr(layer, "layers"):  # a nested model, e.g. a finetuned model's backbone
+            _set_layer_policies(layer, policy)
+        layer.dtype_policy = policy
+
+
+def _keep_classifier_float32(model: Any) -> None:
+    """Run the trailing classifier (Dense + softmax) in float32, as Keras' mixed precision
+    guide advises: bfloat16 probabilities carry only 2-3 significant digits."""
+    import keras
+
+    for layer in reversed(model.layers):
+        if not isinstance(layer, (keras.layers.Dense, keras.layers.Activation,
+                                  keras.layers.Softmax, keras.layers.Dropout)):
+            break
+        layer.dtype_policy = "float32"
 
 
 def validate_pooling(pooling: str | None, *, include_top: bool) -> str | None:
@@ -311,14 +373,7 @@ def build_feature_model(loaded: LoadedModel, *, pooling: str | None = "avg",
     pooling = validate_pooling(pooling, include_top=False)
     outer = loaded.model
     backbone = find_backbone(outer)
-    if layer is None:
-        spatial = [lay for lay in backbone.layers if _output_rank(lay) == 4]
-        if not spatial:
-            raise ModelFileError(f"{loaded.source} has no layer with an (h, w, C) output to "
-                                 "take features from.")
-        target = spatial[-1]
-    else:
-        target = _named_layer(backbone, layer)
+    target = feature_layer(backbone, layer)
     rank = _output_rank(target)
     if rank is None:
         raise UsageError(f"--layer {target.name} is used more than once in {backbone.name}; "
@@ -331,14 +386,36 @@ def build_feature_model(loaded: LoadedModel, *, pooling: str | None = "avg",
         pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" \
             else keras.layers.GlobalMaxPooling2D
         features = pool(name=f"feature_{pooling}_pool")(features)
-    model = keras.Model(backbone.inputs, features, name=f"{backbone.name}_features")
+    model = keras.Model(_single(backbone.inputs), features, name=f"{backbone.name}_features")
     if backbone is not outer:
         # Layers between the outer input and the backbone (augmentation, resizing) stay in.
         nodes = getattr(backbone, "_inbound_nodes", [])
         feeds = list(nodes[0].input_tensors) if len(nodes) == 1 else []
         if len(feeds) == 1 and not any(feeds[0] is x for x in outer.inputs):
-            model = keras.Model(outer.inputs, model(feeds[0]), name=model.name)
+            model = keras.Model(_single(outer.inputs), model(feeds[0]), name=model.name)
     return model
+
+
+def _single(inputs: list[Any]) -> Any:
+    # A one-input model built from a list expects a list when called, and warns otherwise.
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
+def feature_layer(backbone: Any, layer: str | None = None) -> Any:
+    """The layer of `backbone` that features come from: `layer` by name, or by default the
+    last one with an (h, w, C) output (the last conv stage, e.g. conv5_block3_out).
+
+    Raises:
+        UsageError: no layer of that name (the message suggests close names).
+        ModelFileError: no layer has a spatial output.
+    """
+    if layer is not None:
+        return _named_layer(backbone, layer)
+    spatial = [lay for lay in backbone.layers if _output_rank(lay) == 4]
+    if not spatial:
+        raise ModelFileError(f"{backbone.name} has no layer with an (h, w, C) output to take "
+                             "features from.")
+    return spatial[-1]
 
 
 def _output_rank(layer: Any) -> int | None:

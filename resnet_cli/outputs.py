@@ -37,6 +37,10 @@ def atomic_path(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
                                 dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    # mkstemp creates 0600; the finished file gets the permissions a plain open() would give.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         if not overwrite and path.exists():

@@ -47,3 +47,15 @@ def test_bad_targets(tmp_path: Path) -> None:
         check_output_path(tmp_path)
     with pytest.raises(OutputError, match="does not exist"):
         check_output_path(tmp_path / "no" / "such" / "dir.json")
+
+
+def test_finished_file_has_umask_permissions(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "out.json") as handle:
+            handle.write("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o644

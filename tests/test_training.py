@@ -1,0 +1,347 @@
+"""`resnet finetune`: real tiny ResNet50 runs (32 px, 3 classes of a few real PNGs).
+
+Train steps run eagerly here (tf.config.run_functions_eagerly): tracing a ResNet50 train step
+takes longer than these whole runs. The graph-mode path is the same Keras `fit` call; it is run
+by `-m slow` and by benchmarks/finetune_digits.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_cli.cli import app
+from resnet_cli.datasets import (
+    DecodedImages,
+    make_dataset,
+    scan_class_folders,
+    split_stratified,
+)
+from resnet_cli.errors import DatasetError
+from resnet_cli.registry import get_spec
+from resnet_cli.training import (
+    FinetuneOptions,
+    TrainingInterrupted,
+    block_prefixes,
+    finetune,
+    parse_unfreeze,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Even though the:UserWarning")
+
+COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
+TINY_RUN = ["--weights", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "4"]
+
+
+def write_dataset(root: Path, per_class: int = 4) -> Path:
+    """One folder per class of noisy, differently coloured real PNGs (40x36)."""
+    for i, (name, color) in enumerate(COLORS.items()):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for j in range(per_class):
+            noise = np.random.default_rng(10 * i + j).normal(0, 25, (36, 40, 3))
+            pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / f"{j}.png")
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _eager_train_steps():
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+def read_history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ----- the whole command ------------------------------------------------------------------
+
+def test_interrupted_run_resumes_then_classify_uses_its_classes(tmp_path, runner):
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+
+    def stop_after_first_epoch(record, total):
+        assert total == 2
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+    options = FinetuneOptions(str(data), 3, run_dir=str(run), weights="none", image_size=32,
+                              epochs=2, batch_size=4, keep_checkpoints=0)
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        finetune(options, progress=False, on_epoch=stop_after_first_epoch)
+    assert interrupted.value.exit_code == 130
+    assert "epoch-001.keras" in str(interrupted.value) and "--resume" in str(interrupted.value)
+    assert (run / "checkpoints" / "epoch-001.keras").is_file()
+    assert not (run / "model.keras").exists()
+    first_epoch = read_history(run)
+    assert [row["epoch"] for row in first_epoch] == ["1"]
+
+    refused = runner.invoke(app, ["finetune", str(data), "--classes", "3", "-o", str(run),
+                                  *TINY_RUN])
+    assert refused.exit_code == 1
+    assert "already exists" in refused.stderr and "--resume" in refused.stderr
+    changed = runner.invoke(app, ["finetune", str(data), "--classes", "3", "-o", str(run),
+                                  "--resume", "--lr", "0.01"])
+    assert changed.exit_code == 2
+    assert "--lr 0.01 (the run has 0.001)" in changed.stderr
+
+    # The run's own options (weights none, 32 px, 2 epochs, batch 4) come from config.json.
+    resumed = runner.invoke(app, ["finetune", str(data), "--classes", "3", "-o", str(run),
+                                  "--resume", "--quiet"])
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "training history" in resumed.stdout
+
+    for name in ("model.keras", "labels.txt", "history.csv", "metrics.json", "config.json",
+                 "checkpoints/epoch-002.keras", "checkpoints/state.json",
+                 "checkpoints/config.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoints" / "epoch-001.keras").exists()  # --keep-checkpoints 1
+    assert (run / "labels.txt").read_text() == "cat\ndog\nfox\n"
+    history = read_history(run)
+    assert [row["epoch"] for row in history] == ["1", "2"]
+    assert history[0] == first_epoch[0]  # the interrupted run's epoch is kept as it was
+    # Cosine decay over 2 epochs x 2 steps: 5e-4 after step 2, 0 after step 4. A fresh
+    # optimizer (iterations back at 0) would end the resumed epoch at 5e-4 again.
+    assert float(history[0]["lr"]) == pytest.approx(5e-4, rel=1e-4)
+    assert float(history[1]["lr"]) == pytest.approx(0.0, abs=1e-9)
+
+    config = json.loads((run / "config.json").read_text())
+    card = config["resnet_cli_model"]
+    assert card["base_model"] == "resnet50" and card["image_size"] == 32
+    assert card["preprocess_mode"] == "caffe" and card["class_names"] == ["cat", "dog", "fox"]
+    assert config["options"]["weights"] == "none" and config["options"]["fine_tune_epochs"] == 0
+    assert config["resumed"][0]["from_epoch"] == 1
+    assert config["dataset"]["train_images"] == 9 and config["dataset"]["val_images"] == 3
+    assert {"tensorflow", "keras", "numpy", "pillow", "python"} <= set(config["versions"])
+    assert config["training_seconds"] > 0 and config["finished"]
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["images"] == 3 and metrics["val_top5_accuracy"] is None
+    assert sum(map(sum, metrics["confusion_matrix"]["counts"])) == 3
+    assert [c["class"] for c in metrics["per_class"]] == ["cat", "dog", "fox"]
+    diagonal = sum(metrics["confusion_matrix"]["counts"][i][i] for i in range(3))
+    assert metrics["val_accuracy"] == pytest.approx(diagonal / 3)
+
+    import keras
+
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
+    assert [layer.name for layer in model.layers][1:] == ["resnet50", "avg_pool", "head_dropout",
+                                                          "predictions"]
+    # model.keras is for inference; the checkpoint also holds AdamW's two moments per weight.
+    assert getattr(model, "optimizer", None) is None
+    checkpoint = (run / "checkpoints" / "epoch-002.keras").stat().st_size
+    assert (run / "model.keras").stat().st_size < checkpoint / 2.5
+    backbone = model.get_layer("resnet50")
+    norms = [layer for layer in backbone.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)
+    assert not any(isinstance(layer, (keras.layers.Lambda, keras.layers.Rescaling))
+                   for layer in [*model.layers, *backbone.layers])
+
+    image = data / "dog" / "0.png"
+    shown = runner.invoke(app, ["classify", str(image), "--weights", str(run / "model.keras"),
+                                "--top-k", "3", "--format", "json", "--quiet"])
+    assert shown.exit_code == 0, shown.stderr
+    predictions = json.loads(shown.stdout)[0]["predictions"]
+    assert len(predictions) == 3
+    assert {p["label"] for p in predictions} == {"cat", "dog", "fox"}
+    assert all(p["wnid"] is None for p in predictions)
+    assert sum(p["probability"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
+    table = runner.invoke(app, ["classify", str(image), "--weights", str(run / "model.keras"),
+                                "--top-k", "1", "--quiet"])
+    assert table.exit_code == 0, table.stderr
+    assert any(name in table.stdout for name in COLORS)
+
+
+def test_pretrained_two_phases_keep_batchnorm_statistics_and_frozen_blocks(tmp_path):
+    import keras
+
+    from resnet_cli.models import build_model
+
+    keras.utils.set_random_seed(3)
+    start = build_model(get_spec("resnet50"), include_top=False, image_size=32)
+    weights = tmp_path / "backbone.weights.h5"
+    start.save_weights(weights)
+    data = write_dataset(tmp_path / "data")
+    broken = data / "cat" / "broken.png"
+    broken.write_bytes(b"this is not a PNG")
+    run = tmp_path / "run"
+    warnings: list[str] = []
+    result = finetune(
+        FinetuneOptions(str(data), 3, run_dir=str(run), weights=str(weights), image_size=32,
+                        epochs=1, fine_tune_epochs=1, unfreeze="2", batch_size=4,
+                        class_weight="auto", lr=0.01, fine_tune_lr=0.01, memory_budget=0),
+        progress=False, on_warning=warnings.append)
+
+    assert [r.phase for r in result.history] == [1, 2]
+    assert [e.path for e in result.skipped] == [str(broken)]
+    assert len([w for w in warnings if "broken.png" in w]) == 1
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"]["in_memory"] is False  # decoded on the fly by tf.data
+    assert [e["path"] for e in config["dataset"]["skipped"]] == [str(broken)]
+    assert len(config["training"]["class_weights"]) == 3
+    head, top_blocks = config["training"]["phases"]
+    assert head["trains"] == "head" and head["trainable_weights"] == 2048 * 3 + 3
+    assert top_blocks["trains"] == "2" and top_blocks["trainable_weights"] > 1_000_000
+    assert top_blocks["lr"] == 0.01
+
+    trained = keras.saving.load_model(run / "model.keras", safe_mode=True).get_layer("resnet50")
+
+    def same(name: str) -> bool:
+        return all(np.array_equal(a, b) for a, b in
+                   zip(start.get_layer(name).get_weights(), trained.get_layer(name).get_weights(),
+                       strict=True))
+
+    assert same("conv2_block1_1_conv")  # never unfrozen
+    assert same("conv5_block1_1_conv")  # below the top 2 blocks
+    assert not same("conv5_block3_3_conv")  # trained in phase 2
+    assert same("conv5_block3_3_bn")  # BatchNorm frozen: inference mode, statistics kept
+
+
+@pytest.mark.slow
+def test_graph_mode_cli_run(tmp_path, runner):
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(False)
+    try:
+        data = write_dataset(tmp_path / "data")
+        result = runner.invoke(app, ["finetune", str(data), "--classes", "3", "-o",
+                                     str(tmp_path / "run"), *TINY_RUN])
+    finally:
+        tf.config.run_functions_eagerly(True)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("epoch ") >= 2  # one line per epoch off a terminal
+    assert len(read_history(tmp_path / "run")) == 2
+
+
+# ----- errors -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout, args, code, message", [
+    ("missing", [], 1, "does not exist"),
+    ("ok", ["--classes", "5"], 1, "--classes 5 but"),
+    ("empty-class", ["--classes", "4"], 1, "Empty class folder"),
+    ("no-images", ["--classes", "2"], 1, "No images in any class folder"),
+    ("loose", [], 1, "has no class folders (it holds 2 images directly)"),
+    ("ok", ["--fine-tune-epochs", "2"], 2, "--fine-tune-epochs needs pretrained weights"),
+    ("ok", ["--unfreeze", "99"], 2, "--unfreeze must be all or a number of blocks from 1 to 16"),
+    ("ok", ["--strategy", "multiworker"], 2, "TF_CONFIG"),
+    ("ok", ["--resume"], 1, "Nothing to resume"),
+])
+def test_dataset_and_option_errors_are_one_line(tmp_path, runner, monkeypatch, layout, args,
+                                                code, message):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    data = tmp_path / "data"
+    if layout in ("ok", "empty-class"):
+        write_dataset(data)
+    if layout == "empty-class":
+        (data / "zebra").mkdir()
+    if layout == "no-images":
+        (data / "a").mkdir(parents=True)
+        (data / "b").mkdir()
+        (data / "b" / "notes.txt").write_text("not an image")
+    if layout == "loose":
+        data.mkdir()
+        for name in ("x.png", "y.png"):
+            Image.new("RGB", (8, 8)).save(data / name)
+    run = tmp_path / "run"
+    run.mkdir()
+    if "--classes" not in args:
+        args = ["--classes", "3", *args]
+    result = runner.invoke(app, ["finetune", str(data), "-o", str(run), "--weights", "none",
+                                 *args])
+    assert result.exit_code == code, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_classes_mismatch_says_what_was_found(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    with pytest.raises(DatasetError, match=r"^--classes 4 but .* has 3 class folders: "
+                                           r"cat, dog, fox\.$"):
+        scan_class_folders(data, classes=4)
+
+
+def test_validation_folder_must_use_training_classes(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    val = tmp_path / "val"
+    (val / "dog").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(val / "dog" / "a.png")
+    found = scan_class_folders(val, known_classes=("cat", "dog", "fox"))
+    assert found.labels == (1,) and found.class_names == ("cat", "dog", "fox")
+    (val / "zebra").mkdir()
+    Image.new("RGB", (8, 8)).save(val / "zebra" / "z.png")
+    with pytest.raises(DatasetError, match="class folders the training data lacks: zebra"):
+        scan_class_folders(val, known_classes=scan_class_folders(data).class_names)
+
+
+# ----- building blocks --------------------------------------------------------------------
+
+def test_scan_sorts_classes_and_includes_nested_images_only(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=2)
+    (data / "dog" / "more").mkdir()
+    Image.new("RGB", (8, 8)).save(data / "dog" / "more" / "deep.jpg")
+    (data / "dog" / "readme.txt").write_text("x")
+    (data / ".cache").mkdir()
+    Image.new("RGB", (8, 8)).save(data / ".cache" / "hidden.png")
+    found = scan_class_folders(data)
+    assert found.class_names == ("cat", "dog", "fox")
+    assert found.counts() == [2, 3, 2]
+    assert str(data / "dog" / "more" / "deep.jpg") in found.paths
+
+
+def test_split_is_stratified_and_seeded(tmp_path):
+    found = scan_class_folders(write_dataset(tmp_path / "data", per_class=5))
+    train, val = split_stratified(found, 0.2, seed=1)
+    assert val.counts() == [1, 1, 1] and train.counts() == [4, 4, 4]
+    assert split_stratified(found, 0.2, seed=1) == (train, val)
+    others = {split_stratified(found, 0.2, seed=s)[1].paths for s in range(2, 8)}
+    assert len(others | {val.paths}) > 1
+    assert not set(train.paths) & set(val.paths)
+    _, nothing = split_stratified(found, 0.0, seed=1)
+    assert nothing.paths == ()
+
+
+def test_training_pipeline_order_depends_on_seed_and_epoch_only():
+    count = 10
+    images = np.repeat(np.arange(count, dtype=np.uint8), 4 * 4 * 3).reshape(count, 4, 4, 3)
+    source = DecodedImages(images, np.arange(count, dtype=np.int32) % 3,
+                           [f"{i}.png" for i in range(count)])
+
+    def order(epochs: tuple[int, int], seed: int = 7) -> list[int]:
+        dataset = make_dataset(source, num_classes=3, batch_size=4, preprocess_mode="tf",
+                               training=True, seed=seed, epochs=epochs)
+        # "tf" preprocessing maps v to v / 127.5 - 1: recover each image's index.
+        return [round((float(x[i, 0, 0, 0]) + 1) * 127.5)
+                for x, _ in dataset for i in range(x.shape[0])]
+
+    both = order((0, 2))
+    assert len(both) == 16  # 2 epochs of 10 // 4 = 2 full batches
+    assert order((1, 2)) == both[8:]  # a resumed run sees the epoch it would have seen
+    assert both[:8] != both[8:]
+    assert order((0, 2), seed=8) != both
+    evaluation = make_dataset(source, num_classes=3, batch_size=4, preprocess_mode="tf",
+                              training=False)
+    batches = list(evaluation)
+    assert [x.shape[0] for x, _ in batches] == [4, 4, 2]  # file order, nothing dropped
+    assert batches[0][1].shape == (4, 3)  # one-hot
+
+
+def test_unfreeze_counts_residual_blocks():
+    spec = get_spec("resnet50")
+    prefixes = block_prefixes(spec)
+    assert len(prefixes) == 16
+    assert prefixes[-2:] == ["conv5_block2_", "conv5_block3_"]
+    assert parse_unfreeze("ALL", spec) == "all" and parse_unfreeze("3", spec) == "3"
+    assert len(block_prefixes(get_spec("resnet152v2"))) == 50
