@@ -291,6 +291,7 @@ def extract(
     overwrite: OverwriteOpt = False,
     recursive: RecursiveOpt = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.fp32,
     quiet: QuietOpt = False,
 ) -> None:
     """Feature vectors (or maps) of images from the ResNet backbone, streamed to .npy/.npz.
@@ -309,7 +310,8 @@ def extract(
         paths = _read_inputs(inputs, recursive=recursive)
         summary = extract_features(
             paths, output, options=ModelOptions(model=model, weights=weights,
-                                                image_size=image_size, device=device),
+                                                image_size=image_size, device=device,
+                                                precision=precision.value),
             pooling=pooling.value, layer=layer, batch_size=batch_size, resize=resize,
             l2_normalize=l2_normalize, dtype=dtype.value,
             shard=parse_shard(shard) if shard else None, overwrite=overwrite,

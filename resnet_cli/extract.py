@@ -231,11 +231,7 @@ def write_features(
         loaded, pooling=None if pooling in (None, "none") else pooling, layer=layer)
     row_shape = tuple(int(d) for d in feature_model.output_shape[1:])
     batch_size = max(1, min(batch_size, len(paths)))  # batches are padded to full size
-    predictor: Any
-    if strategy is not None and strategy.num_replicas_in_sync > 1:
-        predictor = MirroredPredictor(loaded, feature_model, batch_size, strategy)
-    else:
-        predictor = Predictor(loaded, batch_size, model=feature_model)
+    predictor = Predictor(loaded, batch_size, model=feature_model, strategy=strategy)
 
     failed = 0
 
@@ -302,47 +298,6 @@ def multi_gpu_strategy() -> Any:
         return None
     log.info("spreading batches over %d GPUs", len(gpus))
     return tf.distribute.MirroredStrategy([device.name for device in gpus])
-
-
-class MirroredPredictor:
-    """Like `inference.Predictor`, but each batch is split evenly across the replicas of a
-    `tf.distribute` strategy and the rows are gathered back in order.
-
-    `model` must have been built under `strategy.scope()`. The batch size is rounded up to a
-    multiple of the number of replicas.
-    """
-
-    def __init__(self, loaded: LoadedModel, model: Any, batch_size: int, strategy: Any) -> None:
-        import tensorflow as tf
-        from keras.applications import imagenet_utils
-
-        per_replica = -(-batch_size // strategy.num_replicas_in_sync)
-        self.batch_size = per_replica * strategy.num_replicas_in_sync
-        self.image_size = loaded.image_size
-        mode = loaded.preprocess_mode
-        spec = tf.TensorSpec((self.batch_size, self.image_size, self.image_size, 3), tf.uint8)
-
-        def step(images: Any) -> Any:
-            start = tf.distribute.get_replica_context().replica_id_in_sync_group * per_replica
-            x = tf.cast(images[start:start + per_replica], tf.float32)
-            x = imagenet_utils.preprocess_input(x, mode=mode)
-            return tf.cast(model(x, training=False), tf.float32)
-
-        @tf.function(input_signature=[spec])  # type: ignore[untyped-decorator]
-        def run(images: Any) -> Any:
-            return strategy.gather(strategy.run(step, args=(images,)), axis=0)
-
-        self._run = run
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Run the model on up to `batch_size` images of shape (n, size, size, 3), uint8."""
-        import numpy as np
-
-        count = len(images)
-        if count < self.batch_size:
-            pad = np.zeros((self.batch_size - count, *images.shape[1:]), dtype=np.uint8)
-            images = np.concatenate([images, pad]) if count else pad
-        return np.asarray(self._run(images))[:count]
 
 
 # ----- merge ------------------------------------------------------------------------------

@@ -31,19 +31,24 @@ class Predictor:
     Every call runs at exactly `batch_size` rows (a short batch is padded), so the function is
     traced once. The function is kept on `loaded`, so a second Predictor for the same model and
     batch size (a second command call in one process, a benchmark run) reuses it. Outputs are
-    float32 whatever precision the model computes in.
+    float32 whatever precision the model computes in. With a `tf.distribute` strategy of
+    several replicas (the model built under its scope), each batch is split across them and
+    `batch_size` is rounded up to a multiple of them.
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int, *, model: Any = None) -> None:
-        self.batch_size = batch_size
+    def __init__(self, loaded: LoadedModel, batch_size: int, *, model: Any = None,
+                 strategy: Any = None) -> None:
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        self.batch_size = -(-batch_size // replicas) * replicas  # a multiple of the replicas
         self.image_size = loaded.image_size
         network = model if model is not None else loaded.model
         mode = loaded.preprocess_mode
         # The function holds `network`, so its id stays unique while the entry exists.
-        key = (id(network), batch_size, self.image_size, mode)
+        key = (id(network), self.batch_size, self.image_size, mode, id(strategy))
         run = loaded.compiled.get(key)
         if run is None:
-            run = loaded.compiled[key] = _compile(network, batch_size, self.image_size, mode)
+            run = loaded.compiled[key] = _compile(network, self.batch_size, self.image_size,
+                                                  mode, strategy)
         self._run = run
 
     @property
@@ -62,18 +67,32 @@ class Predictor:
         return np.asarray(self._run(images))[:count]
 
 
-def _compile(network: Any, batch_size: int, image_size: int, mode: str) -> Any:
+def _compile(network: Any, batch_size: int, image_size: int, mode: str,
+             strategy: Any = None) -> Any:
     import tensorflow as tf
     from keras.applications import imagenet_utils
 
     spec = tf.TensorSpec((batch_size, image_size, image_size, 3), tf.uint8)
 
-    @tf.function(input_signature=[spec])  # type: ignore[untyped-decorator]
-    def run(images: Any) -> Any:
+    def forward(images: Any) -> Any:
         x = imagenet_utils.preprocess_input(tf.cast(images, tf.float32), mode=mode)
         return tf.cast(network(x, training=False), tf.float32)
 
-    return run
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return tf.function(forward, input_signature=[spec])
+
+    # Several GPUs: each replica takes its slice of the batch; rows come back in order.
+    per_replica = batch_size // strategy.num_replicas_in_sync
+
+    def step(images: Any) -> Any:
+        start = tf.distribute.get_replica_context().replica_id_in_sync_group * per_replica
+        return forward(images[start:start + per_replica])
+
+    @tf.function(input_signature=[spec])  # type: ignore[untyped-decorator]
+    def run_split(images: Any) -> Any:
+        return strategy.gather(strategy.run(step, args=(images,)), axis=0)
+
+    return run_split
 
 
 @dataclass

@@ -56,15 +56,6 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--debug` in an earlier test stays set in cli._state for the process; errors here
-    must be the user-facing one-line messages."""
-    import resnet_cli.cli
-
-    monkeypatch.setitem(resnet_cli.cli._state, "debug", False)
-
-
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Per variant (built once): the notop weights file, the plain Keras model, and the
@@ -372,7 +363,6 @@ def test_batches_split_across_replicas_match_one_device(tmp_path: Path) -> None:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from resnet_cli.extract import MirroredPredictor
         from resnet_cli.inference import Predictor
         from resnet_cli.models import ModelOptions, build_feature_model, load_model
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -380,7 +370,7 @@ def test_batches_split_across_replicas_match_one_device(tmp_path: Path) -> None:
             loaded = load_model(ModelOptions(weights="none", include_top=False,
                                              image_size=32, device="cpu"))
             model = build_feature_model(loaded, pooling="avg", layer="conv3_block1_out")
-        split = MirroredPredictor(loaded, model, 3, strategy)
+        split = Predictor(loaded, 3, model=model, strategy=strategy)
         whole = Predictor(loaded, 4, model=model)
         images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
         a, b = split(images), whole(images)
@@ -393,3 +383,19 @@ def test_batches_split_across_replicas_match_one_device(tmp_path: Path) -> None:
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "replicas 2" in result.stdout
+
+
+def test_bf16_features_stay_close_to_fp32(backbone, photos: list[Path], tmp_path: Path,  # type: ignore[no-untyped-def]
+                                          runner) -> None:
+    """--precision bf16 reaches extract (or falls back to fp32 with a notice)."""
+    weights, _, _ = backbone("resnet50")
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.npy"
+        result = runner.invoke(app, ["extract", *map(str, photos), "--weights", str(weights),
+                                     "--image-size", str(TINY), "--precision", precision,
+                                     "-o", str(out), "-q"])
+        assert result.exit_code == 0, result.stderr
+        rows[precision] = np.load(out)
+        assert rows[precision].dtype == np.float32
+    assert _cosine_rows(rows["fp32"], rows["bf16"]).min() > 0.98
