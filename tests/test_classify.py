@@ -193,3 +193,17 @@ def test_make_image_helper_is_deterministic(tmp_path: Path) -> None:
     a = make_image(tmp_path / "x.png", seed=4).read_bytes()
     b = make_image(tmp_path / "y.png", seed=4).read_bytes()
     assert a == b
+
+
+def test_no_inputs_and_a_terminal_on_stdin_is_a_usage_error(monkeypatch) -> None:
+    from resnet_cli.cli import _read_inputs
+    from resnet_cli.errors import NoInputsError
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal(""))
+    with pytest.raises(NoInputsError, match="pipe paths on stdin") as info:
+        _read_inputs(None, recursive=False)
+    assert info.value.exit_code == 2
