@@ -98,8 +98,16 @@ PrecisionOpt = Annotated[Precision, typer.Option(
 # ----- error handling ---------------------------------------------------------------------
 
 def _print_error(message: str) -> None:
-    make_console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True,
+    """One red `error:` line on stderr (the message is printed as text, never as markup)."""
+    from rich.markup import escape
+
+    make_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", markup=True,
                                     highlight=False)
+
+
+def _report_failure(path: str, reason: str) -> None:
+    """The line for one input that failed; the rest of the batch goes on."""
+    _print_error(f"{path}: {reason}")
 
 
 @contextmanager
@@ -110,7 +118,7 @@ def _user_errors() -> Iterator[None]:
     except ResnetCliError as exc:
         if _state["debug"]:
             raise
-        _print_error(str(exc).replace("[", r"\["))
+        _print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if _state["debug"]:
@@ -130,7 +138,7 @@ class _FailureCounter:
             error = getattr(result, "error", None)
             if error is not None:
                 self.count += 1
-                _print_error(f"{getattr(result, 'path', '?')}: {error}".replace("[", r"\["))
+                _report_failure(getattr(result, "path", "?"), error)
             yield result
 
 
@@ -247,10 +255,6 @@ def _check_shard(value: str | None) -> str | None:
         return str(parse_shard(value))
     except ResnetCliError as exc:
         raise typer.BadParameter(str(exc)) from None
-
-
-def _report_failure(path: str, reason: str) -> None:
-    _print_error(f"{path}: {reason}".replace("[", r"\["))
 
 
 FeaturesOutOpt = Annotated[Path, typer.Option(
@@ -465,7 +469,7 @@ def benchmark(
             inputs=paths, photo_size=parse_photo_size(photo_size), baseline=baseline)
         report = run_benchmark(options, progress=not quiet)
     for error in report.errors:
-        _print_error(f"{error.path}: {error.reason}".replace("[", r"\["))
+        _report_failure(error.path, error.reason)
     if fmt is ReportFormat.json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -587,6 +591,8 @@ def finetune(
 
     Example: resnet finetune data/ --classes 10 -o runs/pets --epochs 5
     """
+    from rich.text import Text
+
     from resnet_cli.render_training import epoch_line, render_finetune
     from resnet_cli.training import FinetuneOptions
     from resnet_cli.training import finetune as run_finetune
@@ -598,7 +604,7 @@ def finetune(
             err.print(epoch_line(record, total), markup=False)
 
     def on_warning(message: str) -> None:
-        err.print("[yellow]warning:[/] " + message.replace("[", r"\["), markup=True)
+        err.print(Text.assemble(("warning:", "yellow"), " ", message))
 
     options = FinetuneOptions(
         data_dir=str(data_dir), classes=classes, run_dir=str(output) if output else None,
@@ -652,7 +658,7 @@ def evaluate(
     def on_failure(error):  # type: ignore[no-untyped-def]
         nonlocal failed
         failed += 1
-        _print_error(f"{error.path}: {error.reason}".replace("[", r"\["))
+        _report_failure(error.path, error.reason)
 
     with _user_errors():
         from resnet_cli.datasets import scan_class_folders
