@@ -131,9 +131,19 @@ def apply_device(request: DeviceRequest) -> str:
     return name
 
 
+def multi_gpu_strategy() -> Any:
+    """A `tf.distribute.MirroredStrategy` over the visible GPUs when there are several, else
+    None (one GPU or CPU: nothing changes)."""
+    tf = import_tensorflow()
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) < 2:
+        return None
+    log.info("spreading batches over %d GPUs", len(gpus))
+    return tf.distribute.MirroredStrategy([device.name for device in gpus])
+
+
 # ----- numeric precision ------------------------------------------------------------------
 
-PRECISIONS = ("fp32", "bf16")
 _CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
@@ -142,6 +152,9 @@ class Precision(str, Enum):
 
     fp32 = "fp32"
     bf16 = "bf16"
+
+
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 def parse_precision(text: str) -> str:

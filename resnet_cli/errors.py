@@ -7,6 +7,12 @@ EXIT_FAILURE = 1  # a runtime error, or at least one input that failed
 EXIT_USAGE = 2  # bad options or arguments (Click uses 2 for these too)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Keras' can run to pages), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class ResnetCliError(Exception):
     """An error a user can act on. Its message is shown as one line, without a traceback."""
 

@@ -168,7 +168,7 @@ def extract_features(
         OutputError: no input could be read (nothing is written).
         WeightsError / ModelFileError / DeviceError: from loading the model.
     """
-    from resnet_cli.devices import apply_device, parse_device
+    from resnet_cli.devices import apply_device, multi_gpu_strategy, parse_device
     from resnet_cli.models import load_model, validate_pooling
 
     check_feature_output(output, overwrite=overwrite)
@@ -285,19 +285,6 @@ def _l2_normalize(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=-1, keepdims=True)
     normalized: np.ndarray = rows / np.maximum(norms, np.finfo(np.float32).tiny)
     return normalized
-
-
-def multi_gpu_strategy() -> Any:
-    """A `tf.distribute.MirroredStrategy` over the visible GPUs when there are several, else
-    None (one GPU or CPU: nothing changes)."""
-    from resnet_cli.devices import import_tensorflow
-
-    tf = import_tensorflow()
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) < 2:
-        return None
-    log.info("spreading batches over %d GPUs", len(gpus))
-    return tf.distribute.MirroredStrategy([device.name for device in gpus])
 
 
 # ----- merge ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from resnet_cli.devices import (
     parse_precision,
     precision_policy,
 )
-from resnet_cli.errors import ModelFileError, UsageError, WeightsError
+from resnet_cli.errors import ModelFileError, UsageError, WeightsError, first_line
 from resnet_cli.labels import ClassLabel, build_labels, load_imagenet_labels
 from resnet_cli.registry import DEFAULT_MODEL, ModelSpec, get_spec, imagenet_weights_file
 from resnet_cli.weights import load_imagenet_weights
@@ -240,11 +240,10 @@ def _load_weights(model: Any, path: Path, spec: ModelSpec) -> None:
         if skipped:
             raise ValueError(str(skipped[0].message))
     except Exception as exc:  # Keras raises ValueError, OSError, KeyError... for a bad file
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
             f"{path} does not fit {spec.name} "
             f"(include_top={any(layer.name == 'predictions' for layer in model.layers)}): "
-            f"{first_line}"
+            f"{first_line(exc)}"
         ) from exc
 
 
@@ -265,8 +264,7 @@ def load_saved_model(path: Path) -> LoadedModel:
     try:
         model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"Cannot load model {path}: {first_line}") from exc
+        raise ModelFileError(f"Cannot load model {path}: {first_line(exc)}") from exc
     card = read_model_card(path)
     input_shape = model.input_shape
     size = int(input_shape[1]) if input_shape[1] is not None else None

@@ -30,8 +30,8 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -60,10 +60,17 @@ from resnet_cli.errors import (
     ResnetCliError,
     UsageError,
     WeightsError,
+    first_line,
 )
 from resnet_cli.evaluate import Evaluation, evaluate_files
 from resnet_cli.images import ResizeMode
-from resnet_cli.models import CARD_FILENAME, ModelCard, model_card_dict
+from resnet_cli.models import (
+    CARD_FILENAME,
+    ModelCard,
+    dtype_policy,
+    find_backbone,
+    model_card_dict,
+)
 from resnet_cli.outputs import atomic_open, atomic_path
 from resnet_cli.registry import DEFAULT_MODEL, ModelSpec, get_spec
 
@@ -444,7 +451,7 @@ def load_pretrained(backbone: Any, spec: ModelSpec, weights: str, *, progress: b
         from resnet_cli.models import load_saved_model
 
         source = load_saved_model(path).model
-        copied = _copy_by_name(_nested_backbone(source, spec), backbone)
+        copied = _copy_by_name(find_backbone(source), backbone)
         if not copied:
             raise ModelFileError(f"{path} has no layer of {spec.name}'s backbone to start from.")
         return f"{path} ({copied} layers)"
@@ -459,20 +466,9 @@ def load_pretrained(backbone: Any, spec: ModelSpec, weights: str, *, progress: b
     try:
         full.load_weights(str(path))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"{path} does not fit {spec.name} (with or without its "
-                           f"classifier): {first}") from exc
+                           f"classifier): {first_line(exc)}") from exc
     return f"{path} ({_copy_by_name(full, backbone)} layers)"
-
-
-def _nested_backbone(model: Any, spec: ModelSpec) -> Any:
-    import keras
-
-    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    for layer in nested:
-        if layer.name == spec.name:
-            return layer
-    return nested[0] if nested else model
 
 
 def _copy_by_name(source: Any, target: Any) -> int:
@@ -554,11 +550,13 @@ def make_strategy(name: str) -> Any:
     TF_CONFIG."""
     import tensorflow as tf
 
+    from resnet_cli.devices import multi_gpu_strategy
+
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "mirrored" or len(tf.config.list_logical_devices("GPU")) > 1:
+    if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    return multi_gpu_strategy() or tf.distribute.get_strategy()
 
 
 def is_chief() -> bool:
@@ -572,23 +570,6 @@ def is_chief() -> bool:
     kind, index = task.get("type"), int(task.get("index", 0))
     return kind in (None, "chief") or (
         kind == "worker" and index == 0 and "chief" not in (config.get("cluster") or {}))
-
-
-@contextmanager
-def _policy(mixed: bool, on_gpu: bool, warn: Callable[[str], None]) -> Iterator[str]:
-    """Build under Keras' mixed_float16 policy (GPU) or float32; restore the previous one."""
-    import keras
-
-    if mixed and not on_gpu:
-        # CPUs without native bfloat16 emulate it several times slower than float32.
-        warn("--mixed-precision needs a GPU; training in float32 on the CPU")
-    previous = keras.mixed_precision.global_policy()
-    policy = "mixed_float16" if mixed and on_gpu else "float32"
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        yield policy
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 # ----- the Keras callback -----------------------------------------------------------------
@@ -799,7 +780,11 @@ def finetune(
 
     started = time.perf_counter()
     try:
-        with _policy(opts.mixed_precision, on_gpu, warn) as policy:
+        policy = "mixed_float16" if opts.mixed_precision and on_gpu else "float32"
+        if opts.mixed_precision and not on_gpu:
+            # CPUs without native bfloat16 emulate half precision slower than float32.
+            warn("--mixed-precision needs a GPU; training in float32 on the CPU")
+        with dtype_policy(policy):
             config["training"]["policy"] = policy
             with strategy.scope():
                 model, backbone = build_classifier(spec, len(data.class_names), size,
@@ -911,8 +896,7 @@ def _restore(model: Any, backbone: Any, spec: ModelSpec, phase: Phase, checkpoin
     try:
         model.load_weights(str(checkpoint))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"Cannot resume from {checkpoint}: {first}") from exc
+        raise ModelFileError(f"Cannot resume from {checkpoint}: {first_line(exc)}") from exc
     return info
 
 
