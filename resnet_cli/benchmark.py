@@ -104,7 +104,7 @@ class BenchmarkReport:
     image_size: int
     inputs: str  # where the images came from, in words
     input_count: int
-    compile_s: float  # first call of the compiled model: trace + compile + one batch
+    compile_s: float  # first call of the compiled model: fold + trace + compile + one batch
     precompiled: bool  # the model was already compiled at this batch size (no trace here)
     keras_first_s: float | None  # first model.predict call (Keras builds its predict function)
     trace_count: int  # traces of the compiled function over the whole run (1 = never retraced)
@@ -234,9 +234,9 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, paths: list[str], d
     setup_steps = 1 + int(twin_needed) + int(options.baseline)
     with progress_bar(total=setup_steps + rounds * measured, desc="compiling", enabled=progress,
                       unit="step") as bar:
-        predictor = Predictor(loaded, batch_size)
-        precompiled = predictor.trace_count > 0
         start = time.perf_counter()
+        predictor = Predictor(loaded, batch_size)  # folds BatchNorm, unless already compiled
+        precompiled = predictor.trace_count > 0
         predictor(ready)
         compile_s = time.perf_counter() - start
         bar.update(1)
@@ -484,7 +484,7 @@ def render_benchmark(report: BenchmarkReport, console: Console) -> None:
         ("batch", f"{report.batch_size} images of {report.image_size}x{report.image_size}"),
         ("inputs", f"{report.inputs}; {report.input_count} images per run"),
         ("first batch", f"{report.compile_s:.2f} s "
-         + ("(already compiled)" if report.precompiled else "(trace + compile + run)")
+         + ("(already compiled)" if report.precompiled else "(fold + trace + compile + run)")
          + f"; traced {report.trace_count} time(s) in all"),
     ]
     if report.keras_first_s is not None:

@@ -40,7 +40,8 @@ def classify_images(
         raise UsageError(f"--top-k must be between 1 and {len(labels)}; got {top_k}.")
     predictor = Predictor(loaded, batch_size)
     for batch in iter_batches(paths, predictor, image_size=loaded.image_size,
-                              batch_size=batch_size, resize=resize, progress=progress):
+                              batch_size=batch_size, resize=resize, progress=progress,
+                              yield_cpu=predictor.shares_cpu):
         rows = iter(batch.outputs)
         for position, path in enumerate(batch.paths):
             if position in batch.errors:

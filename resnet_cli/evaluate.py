@@ -230,7 +230,8 @@ def evaluate_files(
     failures: list[ImageError] = []
     offset = 0
     for batch in iter_batches(data.paths, predictor, image_size=loaded.image_size,
-                              batch_size=batch_size, resize=resize, progress=progress):
+                              batch_size=batch_size, resize=resize, progress=progress,
+                              yield_cpu=predictor.shares_cpu):
         for position in batch.ok:
             true.append(data.labels[offset + position])
             paths.append(batch.paths[position])

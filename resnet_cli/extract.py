@@ -251,7 +251,7 @@ def write_features(
     started = time.perf_counter()
     batches = cast("Generator[Batch, None, None]", iter_batches(
         todo, predictor, image_size=loaded.image_size, batch_size=predictor.batch_size,
-        resize=resize, progress=progress, desc="extract"))
+        resize=resize, progress=progress, yield_cpu=predictor.shares_cpu, desc="extract"))
     with _feature_writer(output, row_shape=row_shape, dtype=out_dtype, capacity=len(todo),
                          overwrite=overwrite) as writer, contextlib.closing(batches):
         for batch in batches:
