@@ -209,7 +209,7 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, paths: list[str], d
 
     from resnet_cli.classify import classify_images
     from resnet_cli.images import load_image
-    from resnet_cli.inference import Predictor
+    from resnet_cli.inference import Predictor, fitted_batch_size
     from resnet_cli.render import progress_bar
 
     size, batch_size = loaded.image_size, options.batch_size
@@ -225,6 +225,7 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, paths: list[str], d
     if not good:
         raise UsageError(f"None of the {len(paths)} inputs is a readable image.")
     images = len(good)
+    batch_size = fitted_batch_size(batch_size, images)  # as classify does: no padding rows
     ready = np.stack([arrays[i % images] for i in range(batch_size)])
     batches = math.ceil(images / batch_size)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 from resnet_cli.errors import UsageError
 from resnet_cli.images import ResizeMode
-from resnet_cli.inference import Predictor, iter_batches
+from resnet_cli.inference import Predictor, fitted_batch_size, iter_batches
 from resnet_cli.models import LoadedModel
 from resnet_cli.results import ClassifyResult, Prediction
 
@@ -38,6 +38,7 @@ def classify_images(
         top_k = min(DEFAULT_TOP_K, len(labels))
     if not 1 <= top_k <= len(labels):
         raise UsageError(f"--top-k must be between 1 and {len(labels)}; got {top_k}.")
+    batch_size = fitted_batch_size(batch_size, len(paths))
     predictor = Predictor(loaded, batch_size)
     for batch in iter_batches(paths, predictor, image_size=loaded.image_size,
                               batch_size=batch_size, resize=resize, progress=progress,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from resnet_cli.datasets import ClassFolders, scan_class_folders
 from resnet_cli.errors import DatasetError, ImageError, UsageError
 from resnet_cli.images import ResizeMode
-from resnet_cli.inference import Predictor, iter_batches
+from resnet_cli.inference import Predictor, fitted_batch_size, iter_batches
 from resnet_cli.labels import ClassLabel
 
 if TYPE_CHECKING:
@@ -223,6 +223,7 @@ def evaluate_files(
                          "or an ImageNet model).")
     class_outputs = match_classes(data.class_names, loaded.labels, source=loaded.source)
     started = time.perf_counter()
+    batch_size = fitted_batch_size(batch_size, len(data.paths))
     predictor = Predictor(loaded, batch_size)
     rows: list[np.ndarray] = []
     true: list[int] = []

@@ -222,7 +222,7 @@ def write_features(
     """
     import numpy as np
 
-    from resnet_cli.inference import Predictor, iter_batches
+    from resnet_cli.inference import Predictor, fitted_batch_size, iter_batches
     from resnet_cli.models import build_feature_model, feature_layer, find_backbone
 
     check_feature_output(output, overwrite=overwrite)
@@ -230,7 +230,7 @@ def write_features(
     feature_model = build_feature_model(
         loaded, pooling=None if pooling in (None, "none") else pooling, layer=layer)
     row_shape = tuple(int(d) for d in feature_model.output_shape[1:])
-    batch_size = max(1, min(batch_size, len(paths)))  # batches are padded to full size
+    batch_size = fitted_batch_size(batch_size, len(paths))
     predictor = Predictor(loaded, batch_size, model=feature_model, strategy=strategy)
 
     failed = 0

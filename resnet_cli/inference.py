@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 PREFETCH_BATCHES = 2
 
 
+def fitted_batch_size(batch_size: int, count: int) -> int:
+    """The batch size for `count` inputs: no larger than needed, since batches are padded to
+    full size (classifying 3 photos at batch 32 would compute 32 rows)."""
+    return max(1, min(batch_size, count))
+
+
 class Predictor:
     """The model plus its preprocessing as one compiled function over uint8 batches.
 

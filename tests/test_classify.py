@@ -207,3 +207,15 @@ def test_no_inputs_and_a_terminal_on_stdin_is_a_usage_error(monkeypatch) -> None
     with pytest.raises(NoInputsError, match="pipe paths on stdin") as info:
         _read_inputs(None, recursive=False)
     assert info.value.exit_code == 2
+
+
+def test_a_few_images_are_not_padded_to_a_full_batch(image_files) -> None:
+    from resnet_cli.classify import classify_images
+    from resnet_cli.models import ModelOptions, load_model
+
+    loaded = load_model(ModelOptions(weights="none", image_size=32))
+    results = list(classify_images([str(p) for p in image_files], loaded, batch_size=32,
+                                   progress=False))
+    assert [r.ok for r in results] == [True, True, True]
+    # One compiled function, for 3 rows, not 32 (29 of them padding).
+    assert [key[1] for key in loaded.compiled] == [3]
