@@ -92,7 +92,8 @@ def _foldable_pairs(model: Any) -> dict[int, tuple[Any, Any]]:
                 or len(node.input_tensors) != 1 or calls[id(layer)] != 1:
             continue
         source = node.input_tensors[0]
-        conv = source._keras_history.operation
+        history = getattr(source, "_keras_history", None)
+        conv: Any = history.operation if history is not None else None
         if (type(conv) is keras.layers.Conv2D and calls.get(id(conv)) == 1
                 and conv.data_format == "channels_last" and layer.axis in (-1, 3)
                 and conv.get_config()["activation"] == "linear"
