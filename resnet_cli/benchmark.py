@@ -242,17 +242,23 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, paths: list[str], d
         compile_s = time.perf_counter() - start
         bar.update(1)
 
-        def model_alone() -> None:
-            for _ in range(batches):
-                predictor(ready)
+        def runs_of(model: LoadedModel, run: Predictor) -> tuple[Callable[[], None],
+                                                                  Callable[[], None]]:
+            """(model alone, classify) for one model: the two measurements every model gets."""
+            def model_alone() -> None:
+                for _ in range(batches):
+                    run(ready)
 
-        def classify() -> None:
-            for result in classify_images(good, loaded, batch_size=batch_size,
-                                          resize=options.resize, progress=False):
-                if not result.ok:  # a file changed under us: the figures would be wrong
-                    raise UsageError(f"{result.path}: {result.error}")
+            def classify() -> None:
+                for result in classify_images(good, model, batch_size=batch_size,
+                                              resize=options.resize, progress=False):
+                    if not result.ok:  # a file changed under us: the figures would be wrong
+                        raise UsageError(f"{result.path}: {result.error}")
 
-        runs: dict[str, Callable[[], None]] = {"model": model_alone, "classify": classify}
+            return model_alone, classify
+
+        runs: dict[str, Callable[[], None]] = dict(zip(("model", "classify"),
+                                                       runs_of(loaded, predictor), strict=True))
         fp32 = loaded
         if twin_needed:
             bar.set_description("building the fp32 reference")
@@ -260,18 +266,7 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, paths: list[str], d
             reference = Predictor(fp32, batch_size)
             reference(ready)
             bar.update(1)
-
-            def model_fp32() -> None:
-                for _ in range(batches):
-                    reference(ready)
-
-            def classify_fp32() -> None:
-                for _ in classify_images(good, fp32, batch_size=batch_size,
-                                         resize=options.resize, progress=False):
-                    pass
-
-            runs["model_fp32"] = model_fp32
-            runs["classify_fp32"] = classify_fp32
+            runs["model_fp32"], runs["classify_fp32"] = runs_of(fp32, reference)
         keras_first_s = None
         if options.baseline:
             bar.set_description("warming up plain Keras")
