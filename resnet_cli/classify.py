@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 from resnet_cli.errors import UsageError
 from resnet_cli.images import ResizeMode
-from resnet_cli.inference import Predictor, fitted_batch_size, iter_batches
+from resnet_cli.inference import FailureHandler, predict_paths
 from resnet_cli.models import LoadedModel
 from resnet_cli.results import ClassifyResult, Prediction
 
@@ -21,10 +21,12 @@ def classify_images(
     batch_size: int = 32,
     resize: ResizeMode = ResizeMode.crop,
     progress: bool = True,
+    on_failure: FailureHandler | None = None,
 ) -> Iterator[ClassifyResult]:
     """Yield one result per path, in input order, batch by batch.
 
-    `top_k` defaults to 5, or all classes of a model that has fewer.
+    `top_k` defaults to 5, or all classes of a model that has fewer. An input that cannot be
+    read yields a result with its `error` (and goes to `on_failure`).
 
     Raises:
         UsageError: the model has no classifier, or `top_k` is out of range.
@@ -38,11 +40,8 @@ def classify_images(
         top_k = min(DEFAULT_TOP_K, len(labels))
     if not 1 <= top_k <= len(labels):
         raise UsageError(f"--top-k must be between 1 and {len(labels)}; got {top_k}.")
-    batch_size = fitted_batch_size(batch_size, len(paths))
-    predictor = Predictor(loaded, batch_size)
-    for batch in iter_batches(paths, predictor, image_size=loaded.image_size,
-                              batch_size=batch_size, resize=resize, progress=progress,
-                              yield_cpu=predictor.shares_cpu):
+    for batch in predict_paths(paths, loaded, batch_size=batch_size, resize=resize,
+                               progress=progress, on_failure=on_failure):
         rows = iter(batch.outputs)
         for position, path in enumerate(batch.paths):
             if position in batch.errors:

@@ -10,7 +10,7 @@ model's classes: a finetuned model's own class names, or, for an ImageNet model,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from resnet_cli.datasets import ClassFolders, scan_class_folders
 from resnet_cli.errors import DatasetError, ImageError, UsageError
 from resnet_cli.images import ResizeMode
-from resnet_cli.inference import Predictor, fitted_batch_size, iter_batches
+from resnet_cli.inference import FailureHandler, predict_paths
 from resnet_cli.labels import ClassLabel
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ def evaluate_files(
     resize: ResizeMode = ResizeMode.crop,
     errors: int = 10,
     progress: bool = True,
-    on_failure: Callable[[ImageError], None] | None = None,
+    on_failure: FailureHandler | None = None,
 ) -> Evaluation:
     """Run `loaded` on every image of `data` and score it (unreadable images are left out and
     listed in `failures`).
@@ -223,23 +223,22 @@ def evaluate_files(
                          "or an ImageNet model).")
     class_outputs = match_classes(data.class_names, loaded.labels, source=loaded.source)
     started = time.perf_counter()
-    batch_size = fitted_batch_size(batch_size, len(data.paths))
-    predictor = Predictor(loaded, batch_size)
     rows: list[np.ndarray] = []
     true: list[int] = []
     paths: list[str] = []
     failures: list[ImageError] = []
+
+    def failed(error: ImageError) -> None:
+        failures.append(error)
+        if on_failure is not None:
+            on_failure(error)
+
     offset = 0
-    for batch in iter_batches(data.paths, predictor, image_size=loaded.image_size,
-                              batch_size=batch_size, resize=resize, progress=progress,
-                              yield_cpu=predictor.shares_cpu):
+    for batch in predict_paths(data.paths, loaded, batch_size=batch_size, resize=resize,
+                               progress=progress, on_failure=failed):
         for position in batch.ok:
             true.append(data.labels[offset + position])
             paths.append(batch.paths[position])
-        for position in sorted(batch.errors):
-            failures.append(batch.errors[position])
-            if on_failure is not None:
-                on_failure(batch.errors[position])
         if batch.ok:
             rows.append(np.asarray(batch.outputs, dtype=np.float32))
         offset += len(batch.paths)
@@ -260,7 +259,7 @@ def evaluate_folder(
     resize: ResizeMode = ResizeMode.crop,
     errors: int = 10,
     progress: bool = True,
-    on_failure: Callable[[ImageError], None] | None = None,
+    on_failure: FailureHandler | None = None,
 ) -> Evaluation:
     """Scan `data_dir` (one folder per class) and evaluate `loaded` on it.
 

@@ -20,20 +20,20 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from resnet_cli.errors import NoInputsError, OutputError, UsageError
+from resnet_cli.errors import ImageError, NoInputsError, OutputError, UsageError
 from resnet_cli.images import ResizeMode
 from resnet_cli.outputs import atomic_path, check_output_path
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from resnet_cli.inference import Batch
+    from resnet_cli.inference import Batch, FailureHandler
     from resnet_cli.models import LoadedModel, ModelOptions
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,6 @@ INDEX_SUFFIX = ".paths.txt"  # feats.npy -> feats.paths.txt
 FEATURES_KEY, PATHS_KEY = "features", "paths"  # the arrays in a .npz output
 COPY_CHUNK_BYTES = 16 * 1024 * 1024
 PATHS_PER_CHUNK = 8192
-
-FailureHandler = Callable[[str, str], None]  # (path, reason)
 
 
 class Pooling(str, Enum):
@@ -214,7 +212,7 @@ def write_features(
 ) -> ExtractSummary:
     """Write the features of `paths` under an already loaded model (rows in input order).
 
-    Failed inputs are passed to `on_failure(path, reason)` and left out of the rows.
+    Failed inputs are passed to `on_failure` and left out of the rows.
 
     Raises:
         UsageError: a bad pooling or layer name, an existing output without `overwrite`.
@@ -222,7 +220,7 @@ def write_features(
     """
     import numpy as np
 
-    from resnet_cli.inference import Predictor, fitted_batch_size, iter_batches
+    from resnet_cli.inference import predict_paths
     from resnet_cli.models import build_feature_model, feature_layer, find_backbone
 
     check_feature_output(output, overwrite=overwrite)
@@ -230,33 +228,30 @@ def write_features(
     feature_model = build_feature_model(
         loaded, pooling=None if pooling in (None, "none") else pooling, layer=layer)
     row_shape = tuple(int(d) for d in feature_model.output_shape[1:])
-    batch_size = fitted_batch_size(batch_size, len(paths))
-    predictor = Predictor(loaded, batch_size, model=feature_model, strategy=strategy)
 
     failed = 0
 
-    def fail(path: str, reason: str) -> None:
+    def fail(error: ImageError) -> None:
         nonlocal failed
         failed += 1
         if on_failure is not None:
-            on_failure(path, reason)
+            on_failure(error)
 
     todo: list[str] = []
     for path in paths:
         if "\n" in path or "\r" in path:
-            fail(path, "file name contains a line break; it cannot be listed in the row index")
+            fail(ImageError(path, "file name contains a line break; it cannot be listed in "
+                                  "the row index"))
         else:
             todo.append(path)
     warned_overflow = False
     started = time.perf_counter()
-    batches = cast("Generator[Batch, None, None]", iter_batches(
-        todo, predictor, image_size=loaded.image_size, batch_size=predictor.batch_size,
-        resize=resize, progress=progress, yield_cpu=predictor.shares_cpu, desc="extract"))
+    batches = cast("Generator[Batch, None, None]", predict_paths(
+        todo, loaded, batch_size=batch_size, resize=resize, progress=progress,
+        on_failure=fail, model=feature_model, strategy=strategy, desc="extract"))
     with _feature_writer(output, row_shape=row_shape, dtype=out_dtype, capacity=len(todo),
                          overwrite=overwrite) as writer, contextlib.closing(batches):
         for batch in batches:
-            for position in sorted(batch.errors):
-                fail(batch.paths[position], batch.errors[position].reason)
             if not batch.ok:
                 continue
             rows = _l2_normalize(batch.outputs) if l2_normalize else batch.outputs

@@ -1,7 +1,13 @@
-"""Batched inference: decode images on worker threads while the compiled model runs.
+"""The one inference path: paths -> decoded batches -> a predictor -> rows.
+
+Every command that runs a model goes through `predict_paths` (or `iter_batches` with a
+predictor of its own). A predictor is anything with the small `BatchPredictor` interface:
+uint8 images `(n, size, size, 3)` in, float32 rows out, a fixed `batch_size`, and whether it
+computes on the CPU (`shares_cpu`). `Predictor` is the Keras one; other runtimes plug in behind
+`make_predictor` without touching the commands.
 
 `iter_batches` keeps the next batches decoding in a thread pool (Pillow releases the GIL)
-while TensorFlow works on the current one, and `Predictor` runs the model as one
+while the model works on the current one, and `Predictor` runs the model as one
 `tf.function` with a fixed batch shape, so it is traced once and never retraced.
 
 When the model runs on the CPU it keeps every core busy, and a decode thread that takes a
@@ -21,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from resnet_cli.errors import ImageError
 from resnet_cli.folding import fold_batch_norm
@@ -33,6 +39,24 @@ if TYPE_CHECKING:
     from resnet_cli.models import LoadedModel
 
 PREFETCH_BATCHES = 2
+
+FailureHandler = Callable[[ImageError], None]
+"""Called once for each input that cannot be read; the rest of the batch goes on."""
+
+
+class BatchPredictor(Protocol):
+    """What the inference path needs of a model: uint8 batches in, float32 rows out."""
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per call: callers never pass more (shorter batches are fine)."""
+
+    @property
+    def shares_cpu(self) -> bool:
+        """Whether it computes on the CPU, where image decoding competes with it for cores."""
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Rows for up to `batch_size` images of shape (n, size, size, 3), uint8."""
 
 
 def fitted_batch_size(batch_size: int, count: int) -> int:
@@ -90,6 +114,34 @@ class Predictor:
         return np.asarray(self._run(images))[:count]
 
 
+def make_predictor(loaded: LoadedModel, batch_size: int, *, inputs: int | None = None,
+                   model: Any = None, strategy: Any = None) -> BatchPredictor:
+    """The predictor for `loaded` (or for `model`, another network over the same input),
+    at `batch_size`, or fewer when there are only `inputs` images (batches are padded)."""
+    if inputs is not None:
+        batch_size = fitted_batch_size(batch_size, inputs)
+    return Predictor(loaded, batch_size, model=model, strategy=strategy)
+
+
+def predict_paths(
+    paths: Sequence[str],
+    loaded: LoadedModel,
+    *,
+    batch_size: int,
+    resize: ResizeMode = ResizeMode.crop,
+    progress: bool = True,
+    on_failure: FailureHandler | None = None,
+    model: Any = None,
+    strategy: Any = None,
+    desc: str = "images",
+) -> Iterator[Batch]:
+    """Run `loaded` (or `model` on its input) over `paths`, batch by batch, in input order."""
+    predictor = make_predictor(loaded, batch_size, inputs=len(paths), model=model,
+                               strategy=strategy)
+    return iter_batches(paths, predictor, image_size=loaded.image_size, resize=resize,
+                        progress=progress, on_failure=on_failure, desc=desc)
+
+
 def _compile(network: Any, batch_size: int, image_size: int, mode: str,
              strategy: Any = None) -> Any:
     import tensorflow as tf
@@ -131,20 +183,20 @@ class Batch:
 
 def iter_batches(
     paths: Sequence[str],
-    predictor: Callable[[np.ndarray], np.ndarray],
+    predictor: BatchPredictor,
     *,
     image_size: int,
-    batch_size: int,
     resize: ResizeMode = ResizeMode.crop,
     progress: bool = True,
+    on_failure: FailureHandler | None = None,
     workers: int | None = None,
-    yield_cpu: bool = False,
     desc: str = "images",
 ) -> Iterator[Batch]:
-    """Decode `paths` in batches and run `predictor` on each, in input order.
+    """Decode `paths` in batches of `predictor.batch_size` and run `predictor` on each, in
+    input order; each input that cannot be read goes to `on_failure`, in order.
 
-    With `yield_cpu` the decode threads run at the lowest CPU priority (on Linux), for a
-    model that computes on the CPU: see the module's docstring.
+    When the predictor shares the CPU, the decode threads run at the lowest CPU priority (on
+    Linux): see the module's docstring.
     """
     import numpy as np
 
@@ -153,6 +205,7 @@ def iter_batches(
     def decode(path: str) -> np.ndarray:
         return load_image(path, size=image_size, resize=resize)
 
+    batch_size, yield_cpu = predictor.batch_size, predictor.shares_cpu
     chunks = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
     workers = workers or min(4, os.cpu_count() or 1)
     pending: deque[tuple[list[str], list[Future[np.ndarray]]]] = deque()
@@ -175,6 +228,9 @@ def iter_batches(
                 if next_chunk is not None:
                     submit(next_chunk)
                 arrays, ok, errors = _gather(chunk, futures, decode)
+                if on_failure is not None:
+                    for position in sorted(errors):
+                        on_failure(errors[position])
                 if arrays:
                     outputs = predictor(np.stack(arrays))
                 else:

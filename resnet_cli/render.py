@@ -11,12 +11,16 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 
 from resnet_cli.results import ClassifyResult
+
+if TYPE_CHECKING:
+    from resnet_cli.extract import ExtractSummary, FeatureFile
 
 
 class OutputFormat(str, Enum):
@@ -91,3 +95,33 @@ def render_classify_table(results: Iterable[ClassifyResult], console: Console) -
                           f"{p.probability:.4f}", end_section=p.rank == len(result.predictions))
     if table.row_count:
         console.print(table)
+
+
+def emit_classify(results: Iterable[ClassifyResult], fmt: OutputFormat,
+                  output: Path | None) -> None:
+    """Show results as a table on stdout, or write them as `fmt` to stdout or (atomically) to
+    `output`."""
+    from resnet_cli.outputs import atomic_open
+
+    if fmt is OutputFormat.table:
+        render_classify_table(results, make_console())
+    elif output is None:
+        write_classify(results, fmt, sys.stdout)
+    else:
+        with atomic_open(output, newline="") as handle:
+            write_classify(results, fmt, handle)
+
+
+def extract_line(summary: ExtractSummary) -> str:
+    """The one line `resnet extract` prints on stderr when it is done."""
+    out = summary.output
+    beside = f" + {out.index}" if out.index is not None else ""
+    return (f"{out.rows} x {out.row_shape} {out.dtype} features from {summary.layer} of "
+            f"{summary.source} -> {out.path}{beside} ({summary.failed} failed, "
+            f"{summary.seconds:.1f} s, {summary.images_per_second:.1f} img/s)")
+
+
+def merge_line(out: FeatureFile, files: int) -> str:
+    """The one line `resnet merge` prints on stderr when it is done."""
+    beside = f" + {out.index}" if out.index is not None else ""
+    return f"{out.rows} x {out.row_shape} {out.dtype} rows from {files} files -> {out.path}{beside}"

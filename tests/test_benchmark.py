@@ -138,7 +138,7 @@ def test_predictor_traces_once(tmp_path: Path) -> None:
     again(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
     assert again.trace_count == 1
     paths = [str(make_image(tmp_path / f"{i}.png", (40, 30), seed=i)) for i in range(5)]
-    batches = list(iter_batches(paths, again, image_size=32, batch_size=4, progress=False))
+    batches = list(iter_batches(paths, again, image_size=32, progress=False))
     assert [len(b.ok) for b in batches] == [4, 1]
     assert again.trace_count == 1
     other = Predictor(loaded, 2)

@@ -196,7 +196,7 @@ def test_make_image_helper_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_no_inputs_and_a_terminal_on_stdin_is_a_usage_error(monkeypatch) -> None:
-    from resnet_cli.cli import _read_inputs
+    from resnet_cli.cli.messages import read_inputs
     from resnet_cli.errors import NoInputsError
 
     class Terminal(io.StringIO):
@@ -205,7 +205,7 @@ def test_no_inputs_and_a_terminal_on_stdin_is_a_usage_error(monkeypatch) -> None
 
     monkeypatch.setattr("sys.stdin", Terminal(""))
     with pytest.raises(NoInputsError, match="pipe paths on stdin") as info:
-        _read_inputs(None, recursive=False)
+        read_inputs(None, recursive=False)
     assert info.value.exit_code == 2
 
 

@@ -198,7 +198,7 @@ def test_npz_round_trips_without_pickle(backbone, tmp_path: Path) -> None:  # ty
     failures: list[tuple[str, str]] = []
     summary = write_features(paths, loaded, tmp_path / "f.npz", layer=EARLY, pooling="none",
                              batch_size=2, progress=False,
-                             on_failure=lambda p, r: failures.append((p, r)))
+                             on_failure=lambda e: failures.append((e.path, e.reason)))
     assert failures == [(paths[1], "no such file")]
     assert (summary.output.rows, summary.output.row_shape, summary.failed) == (2, (16, 16, 256), 1)
     with np.load(tmp_path / "f.npz", allow_pickle=False) as saved:

@@ -30,9 +30,20 @@ def record_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int]
     return seen
 
 
+class MeanColour:
+    """A predictor with the `BatchPredictor` interface: one row per image, its mean colour."""
+
+    def __init__(self, batch_size: int, *, shares_cpu: bool = False) -> None:
+        self.batch_size = batch_size
+        self.shares_cpu = shares_cpu
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        assert len(batch) <= self.batch_size
+        return batch.reshape(len(batch), -1, 3).mean(axis=1)
+
+
 def mean_colour(batch: np.ndarray) -> np.ndarray:
-    """A stand-in model: one output row per image, computed from its pixels."""
-    return batch.reshape(len(batch), -1, 3).mean(axis=1)
+    return MeanColour(len(batch))(batch)
 
 
 @pytest.mark.parametrize("yield_cpu", [False, True])
@@ -42,12 +53,15 @@ def test_each_image_once_in_order_with_failures_in_place(
     paths[5] = str(tmp_path / "missing.jpg")
     seen = record_decodes(monkeypatch)
 
-    batches = list(iter_batches(paths, mean_colour, image_size=16, batch_size=8,
-                                progress=False, workers=1, yield_cpu=yield_cpu))
+    failures: list[str] = []
+    batches = list(iter_batches(paths, MeanColour(8, shares_cpu=yield_cpu), image_size=16,
+                                progress=False, workers=1,
+                                on_failure=lambda error: failures.append(error.path)))
 
     assert sorted(path for path, _, _ in seen) == sorted(paths)  # none twice, none skipped
     assert [b.paths for b in batches] == [paths[0:8], paths[8:16], paths[16:21]]
     assert list(batches[0].errors) == [5] and "no such file" in batches[0].errors[5].reason
+    assert failures == [paths[5]]  # the failure callback hears of each failure once
     rows = [row for b in batches for row in b.outputs]
     good = [p for p in paths if "missing" not in p]
     expected = [mean_colour(load_image(p, size=16)[None])[0] for p in good]
@@ -63,8 +77,8 @@ def test_decode_threads_yield_and_the_caller_decodes_what_is_late(
     caller = threading.current_thread().name
     own_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    list(iter_batches(paths, mean_colour, image_size=16, batch_size=12, progress=False,
-                      workers=1, yield_cpu=True))
+    list(iter_batches(paths, MeanColour(12, shares_cpu=True), image_size=16, progress=False,
+                      workers=1))
 
     by_thread = {(name, nice) for _, name, nice in seen}
     workers = {nice for name, nice in by_thread if name != caller}
@@ -79,6 +93,5 @@ def test_without_yield_the_decode_threads_keep_normal_priority(
     paths = [str(make_image(tmp_path / f"{i}.png", (40, 30), seed=i)) for i in range(6)]
     seen = record_decodes(monkeypatch)
     own_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    list(iter_batches(paths, mean_colour, image_size=16, batch_size=3, progress=False,
-                      workers=2))
+    list(iter_batches(paths, MeanColour(3), image_size=16, progress=False, workers=2))
     assert {nice for _, _, nice in seen} == {own_nice}

@@ -1,0 +1,205 @@
+"""`resnet finetune` and `resnet evaluate`: train on folders of images, and score a model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resnet_cli.cli.messages import FailureReporter, print_warning, user_errors
+from resnet_cli.cli.options import (
+    BatchSizeOpt,
+    DataDirArg,
+    DeviceOpt,
+    ImageSizeOpt,
+    ModelOpt,
+    QuietOpt,
+    ReportFormat,
+    ResizeOpt,
+    WeightsOpt,
+)
+from resnet_cli.images import ResizeMode
+from resnet_cli.registry import DEFAULT_MODEL
+from resnet_cli.render import make_console
+
+# ----- finetune / evaluate ------------------------------------------------------------------
+
+def _choice(*choices: str):  # type: ignore[no-untyped-def]
+    """A callback accepting one of `choices` (any case), for plain-string options."""
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.lower() not in choices:
+            raise typer.BadParameter(f"'{value}' is not one of {', '.join(choices)}.")
+        return value.lower()
+    return check
+
+
+def _explicit_options(ctx: typer.Context) -> frozenset[str]:
+    """The parameters given on the command line (or by environment), not left at defaults."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return frozenset(name for name, source in sources.items()
+                     if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"))
+
+
+def finetune(
+    ctx: typer.Context,
+    data_dir: DataDirArg,
+    classes: Annotated[int, typer.Option(
+        "--classes", "-n", min=2, metavar="N", show_default=False,
+        help="Number of classes; must equal the number of class folders in DATA_DIR.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="RUN_DIR", file_okay=False,
+        help="Run folder for model.keras, config.json, labels.txt, history.csv, metrics.json "
+             "and checkpoints/. Default: runs/<data>-<model>-<date-time>.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    weights: WeightsOpt = "imagenet",
+    image_size: ImageSizeOpt = None,
+    epochs: Annotated[int, typer.Option(
+        "--epochs", "-e", min=1, metavar="N",
+        help="Epochs of phase 1 (the new head on a frozen backbone), or of the whole network "
+             "with --weights none.")] = 10,
+    batch_size: BatchSizeOpt = 32,
+    lr: Annotated[float, typer.Option(
+        "--lr", min=0.0, metavar="LR",
+        help="Peak learning rate of phase 1 (AdamW, warmup then cosine decay).")] = 1e-3,
+    val_split: Annotated[float, typer.Option(
+        "--val-split", min=0.0, max=0.95, metavar="F",
+        help="Fraction of each class held out for validation (ignored with --val-dir).")] = 0.2,
+    val_dir: Annotated[Path | None, typer.Option(
+        "--val-dir", metavar="DIR", file_okay=False,
+        help="Validation images in the same folder-per-class layout, instead of a split.")
+    ] = None,
+    augment: Annotated[bool, typer.Option(
+        "--augment/--no-augment",
+        help="Random flips, rotations (+-18 deg), zooms and shifts (10%) of training images.")
+    ] = True,
+    flip: Annotated[bool, typer.Option(
+        "--flip/--no-flip",
+        help="Include horizontal flips in --augment (turn off for digits, text, ...).")] = True,
+    fine_tune_epochs: Annotated[int | None, typer.Option(
+        "--fine-tune-epochs", min=0, metavar="M",
+        help="Phase 2 epochs with the top of the backbone unfrozen. Default: half of --epochs "
+             "with pretrained weights, 0 with --weights none.")] = None,
+    fine_tune_lr: Annotated[float, typer.Option(
+        "--fine-tune-lr", min=0.0, metavar="LR", help="Peak learning rate of phase 2.")] = 1e-5,
+    unfreeze: Annotated[str, typer.Option(
+        "--unfreeze", metavar="all|K",
+        help="Phase 2 trains the whole backbone, or its top K residual blocks (16 in "
+             "resnet50). BatchNorm stays in inference mode either way.")] = "all",
+    label_smoothing: Annotated[float, typer.Option(
+        "--label-smoothing", min=0.0, max=0.99, metavar="F", help="Label smoothing.")] = 0.1,
+    class_weight: Annotated[str, typer.Option(
+        "--class-weight", metavar="none|auto", callback=_choice("none", "auto"),
+        help="auto: weigh each class's loss by the inverse of its frequency.")] = "none",
+    weight_decay: Annotated[float, typer.Option(
+        "--weight-decay", min=0.0, metavar="W",
+        help="AdamW weight decay (not applied to biases and BatchNorm).")] = 0.05,
+    seed: Annotated[int, typer.Option(
+        "--seed", metavar="N", help="Seed of the split, the shuffling, the augmentation and "
+                                    "the initial weights.")] = 0,
+    resize: ResizeOpt = ResizeMode.crop,
+    keep_checkpoints: Annotated[int, typer.Option(
+        "--keep-checkpoints", min=0, metavar="K",
+        help="Per-epoch checkpoints kept (the newest K; 0 keeps all).")] = 1,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in -o RUN_DIR from its last completed epoch, with "
+                         "its optimizer state.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the run in -o RUN_DIR.")] = False,
+    mixed_precision: Annotated[bool, typer.Option(
+        "--mixed-precision", help="float16 compute on GPUs (Keras mixed_float16, with loss "
+                                  "scaling); ignored on CPUs.")] = False,
+    strategy: Annotated[str, typer.Option(
+        "--strategy", metavar="auto|mirrored|multiworker",
+        callback=_choice("auto", "mirrored", "multiworker"),
+        help="mirrored: all GPUs of this machine; multiworker: several machines, from "
+             "TF_CONFIG; auto: mirrored when more than one GPU is visible.")] = "auto",
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a classifier for your own classes (transfer learning, or from scratch).
+
+    With pretrained weights: phase 1 trains a new head on the frozen backbone, phase 2
+    (--fine-tune-epochs) unfreezes it at a low learning rate. With --weights none the whole
+    network trains from the start. RUN_DIR/model.keras then works with classify, extract,
+    summary and evaluate (--weights RUN_DIR/model.keras): class names, input size and
+    preprocessing come from RUN_DIR/config.json. --batch-size is the global batch, split over
+    the replicas of --strategy; for multiworker, run the same command on every machine with
+    TF_CONFIG describing the cluster (the chief writes RUN_DIR).
+
+    Example: resnet finetune data/ --classes 10 -o runs/pets --epochs 5
+    """
+    from resnet_cli.render_training import epoch_line, render_finetune
+    from resnet_cli.training import FinetuneOptions
+    from resnet_cli.training import finetune as run_finetune
+
+    err = make_console(stderr=True)
+
+    def on_epoch(record, total: int) -> None:  # type: ignore[no-untyped-def]
+        if not quiet:
+            err.print(epoch_line(record, total), markup=False)
+
+    options = FinetuneOptions(
+        data_dir=str(data_dir), classes=classes, run_dir=str(output) if output else None,
+        model=model, weights=weights, image_size=image_size, epochs=epochs,
+        batch_size=batch_size, lr=lr, val_split=val_split,
+        val_dir=str(val_dir) if val_dir else None, augment=augment, flip=flip,
+        fine_tune_epochs=fine_tune_epochs, fine_tune_lr=fine_tune_lr, unfreeze=unfreeze,
+        label_smoothing=label_smoothing, class_weight=class_weight, weight_decay=weight_decay,
+        seed=seed, resize=resize.value, keep_checkpoints=keep_checkpoints, resume=resume,
+        overwrite=overwrite, mixed_precision=mixed_precision, strategy=strategy, device=device)
+    with user_errors():
+        result = run_finetune(options, explicit=_explicit_options(ctx), progress=not quiet,
+                              on_epoch=on_epoch, on_warning=print_warning)
+    render_finetune(result, make_console())
+
+
+def evaluate(
+    data_dir: DataDirArg,
+    weights: WeightsOpt = "imagenet",
+    model: ModelOpt = DEFAULT_MODEL,
+    image_size: ImageSizeOpt = None,
+    batch_size: BatchSizeOpt = 32,
+    resize: Annotated[ResizeMode | None, typer.Option(
+        "--resize", help="crop or squash. Default: what a finetuned model was trained with "
+                         "(its config.json), else crop.")] = None,
+    fmt: Annotated[ReportFormat, typer.Option(
+        "--format", "-f", case_sensitive=False,
+        help="A report of tables, or one JSON document.")] = ReportFormat.table,
+    errors: Annotated[int, typer.Option(
+        "--errors", min=0, metavar="N",
+        help="List this many misclassified files (the most confident first).")] = 10,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Accuracy of a model on a folder-per-class dataset.
+
+    Top-1 and top-5 accuracy, per-class precision/recall/F1, the confusion matrix and the
+    files it got wrong. Class folders are matched to the model's classes by name: a finetuned
+    model's own classes, or ImageNet WordNet ids (n01440764) or class names for ImageNet
+    models. Unreadable images are reported, left out, and make the exit code 1.
+
+    Example: resnet evaluate data/test --weights runs/pets/model.keras --errors 5
+    """
+    from resnet_cli.evaluate import card_resize, evaluate_folder
+    from resnet_cli.models import ModelOptions, load_model
+    from resnet_cli.render_training import render_evaluation, write_evaluation_json
+
+    failures = FailureReporter()
+    with user_errors():
+        from resnet_cli.datasets import scan_class_folders
+
+        scan_class_folders(data_dir)  # a bad layout fails before the model loads
+        loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
+                                         device=device), progress=not quiet)
+        result = evaluate_folder(str(data_dir), loaded, batch_size=batch_size,
+                                 resize=resize or card_resize(loaded), errors=errors,
+                                 progress=not quiet, on_failure=failures)
+    if fmt is ReportFormat.json:
+        write_evaluation_json(result, sys.stdout)
+    else:
+        render_evaluation(result, make_console())
+    raise typer.Exit(failures.exit_code)
