@@ -23,7 +23,7 @@ from resnet_cli.cli.options import (
 from resnet_cli.devices import Precision
 from resnet_cli.images import ResizeMode
 from resnet_cli.registry import DEFAULT_MODEL
-from resnet_cli.render import OutputFormat
+from resnet_cli.render.classify import OutputFormat
 
 
 def _format_for(fmt: OutputFormat | None, output: Path | None) -> OutputFormat:
@@ -70,7 +70,7 @@ def classify(
     from resnet_cli.classify import classify_images
     from resnet_cli.models import ModelOptions, load_model
     from resnet_cli.outputs import check_output_path
-    from resnet_cli.render import emit_classify
+    from resnet_cli.render.classify import emit_classify
 
     out_format = _format_for(fmt, output)
     failures = FailureReporter()

@@ -81,7 +81,7 @@ def extract(
     """
     from resnet_cli.extract import check_feature_output, extract_features
     from resnet_cli.models import ModelOptions
-    from resnet_cli.render import extract_line
+    from resnet_cli.render.features import extract_line
 
     failures = FailureReporter()
     with user_errors():
@@ -116,7 +116,7 @@ def merge(
     Example: resnet merge feats-0-of-4.npy feats-1-of-4.npy ... -o feats.npy
     """
     from resnet_cli.extract import merge_features
-    from resnet_cli.render import merge_line
+    from resnet_cli.render.features import merge_line
 
     with user_errors():
         out = merge_features(files, output, overwrite=overwrite)

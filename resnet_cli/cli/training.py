@@ -132,7 +132,7 @@ def finetune(
 
     Example: resnet finetune data/ --classes 10 -o runs/pets --epochs 5
     """
-    from resnet_cli.render_training import epoch_line, render_finetune
+    from resnet_cli.render.training import epoch_line, render_finetune
     from resnet_cli.training import FinetuneOptions
     from resnet_cli.training import finetune as run_finetune
 
@@ -186,7 +186,7 @@ def evaluate(
     """
     from resnet_cli.evaluate import card_resize, evaluate_folder
     from resnet_cli.models import ModelOptions, load_model
-    from resnet_cli.render_training import render_evaluation, write_evaluation_json
+    from resnet_cli.render.training import render_evaluation, write_evaluation_json
 
     failures = FailureReporter()
     with user_errors():

@@ -1,26 +1,20 @@
-"""Everything that is shown or written: Rich tables, JSON/JSONL/CSV, progress bars.
-
-Results go to stdout (or a file); progress, warnings and errors go to stderr.
-"""
+"""What `resnet classify` shows: a Rich table, or JSON / JSON Lines / CSV records."""
 
 from __future__ import annotations
 
 import csv
 import json
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 
+from resnet_cli.render import make_console
 from resnet_cli.results import ClassifyResult
-
-if TYPE_CHECKING:
-    from resnet_cli.extract import ExtractSummary, FeatureFile
 
 
 class OutputFormat(str, Enum):
@@ -30,22 +24,6 @@ class OutputFormat(str, Enum):
     json = "json"
     jsonl = "jsonl"
     csv = "csv"
-
-
-def make_console(*, stderr: bool = False, file: TextIO | None = None) -> Console:
-    """A Console built at call time (so tests and pipes get the right width and colours)."""
-    # stderr carries one-line messages: never wrap them at the terminal width.
-    return Console(stderr=stderr, file=file, highlight=False, soft_wrap=stderr)
-
-
-@contextmanager
-def progress_bar(*, total: int, desc: str, enabled: bool = True, unit: str = "it") -> Iterator[Any]:
-    """A tqdm bar on stderr; hidden when disabled or when stderr is not a terminal."""
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-              disable=None if enabled else True, leave=False) as bar:
-        yield bar
 
 
 def classify_record(result: ClassifyResult) -> dict[str, Any]:
@@ -110,18 +88,3 @@ def emit_classify(results: Iterable[ClassifyResult], fmt: OutputFormat,
     else:
         with atomic_open(output, newline="") as handle:
             write_classify(results, fmt, handle)
-
-
-def extract_line(summary: ExtractSummary) -> str:
-    """The one line `resnet extract` prints on stderr when it is done."""
-    out = summary.output
-    beside = f" + {out.index}" if out.index is not None else ""
-    return (f"{out.rows} x {out.row_shape} {out.dtype} features from {summary.layer} of "
-            f"{summary.source} -> {out.path}{beside} ({summary.failed} failed, "
-            f"{summary.seconds:.1f} s, {summary.images_per_second:.1f} img/s)")
-
-
-def merge_line(out: FeatureFile, files: int) -> str:
-    """The one line `resnet merge` prints on stderr when it is done."""
-    beside = f" + {out.index}" if out.index is not None else ""
-    return f"{out.rows} x {out.row_shape} {out.dtype} rows from {files} files -> {out.path}{beside}"

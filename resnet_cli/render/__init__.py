@@ -1,0 +1,30 @@
+"""Everything that is shown or written: one module per command group, and what they share.
+
+Results go to stdout (or a file); progress, warnings and errors go to stderr. Library modules
+return data; these modules turn it into tables, lines, JSON and CSV.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from rich.console import Console
+
+
+def make_console(*, stderr: bool = False, file: TextIO | None = None) -> Console:
+    """A Console built at call time (so tests and pipes get the right width and colours)."""
+    # stderr carries one-line messages: never wrap them at the terminal width.
+    return Console(stderr=stderr, file=file, highlight=False, soft_wrap=stderr)
+
+
+@contextmanager
+def progress_bar(*, total: int, desc: str, enabled: bool = True, unit: str = "it") -> Iterator[Any]:
+    """A tqdm bar on stderr; hidden when disabled or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+              disable=None if enabled else True, leave=False) as bar:
+        yield bar
