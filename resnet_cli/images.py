@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
+import stat
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import IO, TYPE_CHECKING, TextIO
 
 from resnet_cli.errors import ImageError, NoInputsError
 
@@ -41,13 +43,18 @@ class ResizeMode(str, Enum):
 
 
 def collect_inputs(
-    args: Iterable[str], *, recursive: bool = False, stdin: TextIO | None = None
+    args: Iterable[str],
+    *,
+    recursive: bool = False,
+    stdin: TextIO | None = None,
+    on_empty: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Expand files, directories, glob patterns and `-` (paths on stdin) into a list of paths.
 
     Explicit files are kept whatever their extension (content decides later); directories
     contribute their image files, chosen by extension. A path that does not exist stays in the
-    list, so it is reported as a failed input in its place.
+    list, so it is reported as a failed input in its place. A folder or pattern that yields no
+    image is passed to `on_empty` (the command line warns about it).
 
     Raises:
         NoInputsError: nothing at all was named.
@@ -60,30 +67,70 @@ def collect_inputs(
             continue
         path = Path(arg)
         if path.is_dir():
-            paths.extend(_images_in_dir(path, recursive=recursive))
+            found = _images_in_dir(path, recursive=recursive)
         elif not path.exists() and _GLOB_CHARS & set(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-            if not matches:
-                paths.append(arg)  # reported as "no such file"
-            for match in matches:
+            found = []
+            for match in sorted(glob.glob(arg, recursive=True)):
                 if Path(match).is_dir():
-                    paths.extend(_images_in_dir(Path(match), recursive=recursive))
+                    found.extend(_images_in_dir(Path(match), recursive=recursive))
                 else:
-                    paths.append(match)
+                    found.append(match)
         else:
             paths.append(arg)
+            continue
+        if not found and on_empty is not None:
+            on_empty(arg)
+        paths.extend(found)
     if not paths:
         raise NoInputsError("No images found in the given inputs.")
     return paths
 
 
 def _images_in_dir(folder: Path, *, recursive: bool) -> list[str]:
+    """The image files of `folder`, by extension; entries that are neither files nor folders
+    (FIFOs, sockets, devices) are kept, so that each is reported rather than silently left
+    out. Hidden files and folders are skipped."""
     entries = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         str(p) for p in entries
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+
+
+def open_regular_file(path: str) -> IO[bytes]:
+    """Open `path` for reading, refusing anything but a regular file without ever blocking.
+
+    A FIFO named like a photo would block a plain open() until a writer appears: the file is
+    opened non-blocking, checked on the open descriptor (no race with a rename), and only then
+    handed over as an ordinary blocking file.
+
+    Raises:
+        ImageError: no such file, permission denied, a directory, or not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot open: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageError(path, "is a directory")
+        if not stat.S_ISREG(mode):
+            raise ImageError(path, "not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) -> np.ndarray:
@@ -96,7 +143,7 @@ def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) ->
 
     _quiet_pillow_bomb_warning()
     try:
-        with Image.open(path) as img:
+        with open_regular_file(path) as handle, Image.open(handle) as img:
             limit = Image.MAX_IMAGE_PIXELS
             if limit is not None and img.width * img.height > limit:
                 raise Image.DecompressionBombError(path)
@@ -108,12 +155,6 @@ def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) ->
             img.load()
             rgb = to_rgb(_exif_transpose(img))
         return _resize(rgb, size, resize)
-    except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not an image Pillow can read") from None
     except Image.DecompressionBombError:

@@ -159,7 +159,8 @@ def test_all_inputs_missing(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["classify", str(tmp_path / "a.jpg"), str(tmp_path / "b*.png"),
                                  "--weights", "none", "--image-size", "32", "-f", "json"])
     assert result.exit_code == 1
-    assert [r["error"] for r in json.loads(result.stdout)] == ["no such file"] * 2
+    assert [r["error"] for r in json.loads(result.stdout)] == ["no such file"]
+    assert f"warning: {tmp_path / 'b*.png'}: no images" in result.stderr
 
 
 def test_debug_shows_the_exception(runner: CliRunner, image_files, monkeypatch) -> None:
@@ -219,3 +220,22 @@ def test_a_few_images_are_not_padded_to_a_full_batch(image_files) -> None:
     assert [r.ok for r in results] == [True, True, True]
     # One compiled function, for 3 rows, not 32 (29 of them padding).
     assert [key[1] for key in loaded.compiled] == [3]
+
+
+def test_empty_folder_and_fifo_among_good_inputs(runner: CliRunner, tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "empty").mkdir()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = make_image(photos / "a.jpg", seed=1)
+    os.mkfifo(photos / "camera.jpg")  # would hang a reader that opens it blindly
+    result = runner.invoke(app, ["classify", str(tmp_path / "empty"), str(photos),
+                                 "--weights", "none", "--image-size", "32", "-f", "jsonl"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert f"warning: {tmp_path / 'empty'}: no images" in lines
+    assert f"error: {photos / 'camera.jpg'}: not a regular file" in lines
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(photos / "a.jpg"), str(photos / "camera.jpg")]
+    assert records[0]["predictions"] and good.exists()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,39 @@ def test_glob_patterns_are_expanded_by_the_tool(tmp_path: Path) -> None:
 def test_stdin_dash_and_missing_files_kept_in_place(tmp_path: Path) -> None:
     real = make_image(tmp_path / "real.jpg")
     stdin = io.StringIO(f"{real}\n\n  {tmp_path / 'gone.jpg'}  \n")
-    paths = collect_inputs(["-", str(tmp_path / "nomatch*.png")], stdin=stdin)
-    assert paths == [str(real), str(tmp_path / "gone.jpg"), str(tmp_path / "nomatch*.png")]
+    empty: list[str] = []
+    paths = collect_inputs(["-", str(tmp_path / "nomatch*.png")], stdin=stdin,
+                           on_empty=empty.append)
+    assert paths == [str(real), str(tmp_path / "gone.jpg")]
+    assert empty == [str(tmp_path / "nomatch*.png")]  # a pattern matching nothing
+
+
+def test_named_inputs_that_hold_no_image_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "notes.txt").write_text("no image here")
+    photo = make_image(tmp_path / "photo.jpg")
+    empty: list[str] = []
+    args = [str(tmp_path / "empty"), str(photo), str(tmp_path / "texts"),
+            str(tmp_path / "*.gif")]
+    assert collect_inputs(args, on_empty=empty.append) == [str(photo)]
+    assert empty == [args[0], args[2], args[3]]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_at_once_not_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / "camera.jpg"
+    os.mkfifo(fifo)  # a plain open() would block here until a writer appears
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(str(fifo), size=32)
+    # Found in a folder, it is listed (to be reported), not silently skipped.
+    make_image(tmp_path / "b.png")
+    assert collect_inputs([str(tmp_path)]) == [str(tmp_path / "b.png"), str(fifo)]
+
+
+def test_a_character_device_is_not_a_regular_file() -> None:
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image("/dev/null", size=32)
 
 
 def test_no_inputs_at_all(tmp_path: Path) -> None:

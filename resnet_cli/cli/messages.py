@@ -67,7 +67,8 @@ class FailureReporter:
 
 
 def read_inputs(inputs: list[str] | None, *, recursive: bool) -> list[str]:
-    """The image paths named by INPUTS, or read from stdin when none are given."""
+    """The image paths named by INPUTS, or read from stdin when none are given. A folder or
+    pattern that holds no image gets a warning line."""
     from resnet_cli.images import collect_inputs
 
     if not inputs:
@@ -75,4 +76,5 @@ def read_inputs(inputs: list[str] | None, *, recursive: bool) -> list[str]:
             raise NoInputsError("No inputs: give image files, folders or patterns, "
                                 "or pipe paths on stdin.")
         inputs = ["-"]
-    return collect_inputs(inputs, recursive=recursive)
+    return collect_inputs(inputs, recursive=recursive,
+                          on_empty=lambda arg: print_warning(f"{arg}: no images"))
