@@ -1,12 +1,15 @@
 """Atomic output files: written under a temporary name beside the target, renamed on success.
 
 An interrupted or failed run leaves no partial file, and an existing file at the target stays
-untouched until the new one is complete.
+untouched until the new one is complete. The operating system's refusals while writing (disk
+full, read-only file system, permission denied, missing folder, a directory in the way)
+become one `OutputError` naming the target and the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +18,30 @@ from typing import TextIO
 
 from resnet_cli.errors import OutputError
 
+# errno values that mean "this output cannot be written here", whatever wrote it.
+WRITE_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+    errno.ENOENT, errno.ENOTDIR, errno.EFBIG, errno.EIO, errno.ENAMETOOLONG,
+})
+
+
+def write_error(path: Path, exc: OSError) -> OutputError:
+    """The one-line error for an OS refusal to write `path`."""
+    reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    return OutputError(f"Cannot write {path}: {reason}.")
+
+
+def find_write_error(exc: BaseException) -> OSError | None:
+    """The OS write error behind `exc` (libraries such as Keras and h5py wrap them), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in WRITE_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
 
 def check_output_path(path: Path, *, overwrite: bool = True) -> None:
     """Fail early, before any work, if `path` cannot be written."""
@@ -22,8 +49,51 @@ def check_output_path(path: Path, *, overwrite: bool = True) -> None:
         raise OutputError(f"Output {path} is a directory; give a file name.")
     if path.exists() and not overwrite:
         raise OutputError(f"Output {path} already exists; pass --overwrite to replace it.")
-    if not path.parent.is_dir():
-        raise OutputError(f"Cannot write {path}: folder {path.parent} does not exist.")
+    check_output_folder(path)
+
+
+def check_output_folder(path: Path) -> None:
+    """Fail early if the folder that will hold `path` is missing or not writable."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"Cannot write {path}: folder {folder} does not exist.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(folder) else "permission denied"
+        raise OutputError(f"Cannot write {path}: {reason} (folder {folder}).")
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def output_errors(path: Path) -> Iterator[None]:
+    """Turn an OS refusal to write `path` (or a file beside it), raised in the block, into
+    `OutputError` naming `path`. Errors about files elsewhere pass through unchanged."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as exc:
+        cause = find_write_error(exc)
+        if cause is None or not _beside(cause, path):
+            raise
+        raise write_error(path, cause) from exc
+
+
+def _beside(error: OSError, path: Path) -> bool:
+    """Whether `error` concerns a file in `path`'s folder or below it (an error that names no
+    file is taken to)."""
+    if not error.filename:
+        return True
+    try:
+        named = Path(os.fsdecode(error.filename)).resolve()
+        return named.is_relative_to(path.parent.resolve())
+    except (OSError, TypeError, ValueError):
+        return True
 
 
 @contextlib.contextmanager
@@ -33,21 +103,24 @@ def atomic_path(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
     The temporary name keeps `path`'s suffix (numpy and Keras pick formats by suffix).
     """
     check_output_path(path, overwrite=overwrite)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                                dir=path.parent)
+    with output_errors(path):
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
+                                    dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     # mkstemp creates 0600; the finished file gets the permissions a plain open() would give.
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
-        yield tmp
-        if not overwrite and path.exists():
-            raise OutputError(f"Output {path} appeared while writing; not replacing it.")
-        os.replace(tmp, path)
+        with output_errors(path):
+            os.chmod(tmp, 0o666 & ~umask)
+            yield tmp
+            if not overwrite and path.exists():
+                raise OutputError(f"Output {path} appeared while writing; not replacing it.")
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
