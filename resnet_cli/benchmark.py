@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -24,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 from resnet_cli.errors import ImageError, UsageError
 from resnet_cli.images import ResizeMode
 from resnet_cli.models import LoadedModel, ModelOptions
+from resnet_cli.photos import DEFAULT_PHOTO_SIZE, PHOTO_QUALITY, synthesize_photos
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    import numpy as np
 
-DEFAULT_PHOTO_SIZE = (1920, 1080)
-PHOTO_QUALITY = 90
-UNIQUE_PHOTOS = 8  # synthesised photos are this many distinct pictures, copied to the count
+    from resnet_cli.inference import FailureHandler, Predictor
+
 SYNTH_BATCHES = 4
 
 
@@ -154,11 +153,14 @@ RATIOS: dict[str, tuple[str, str]] = {
 
 
 def run_benchmark(options: BenchmarkOptions, *, progress: bool = True,
-                  loaded: LoadedModel | None = None) -> BenchmarkReport:
+                  loaded: LoadedModel | None = None,
+                  on_failure: FailureHandler | None = None) -> BenchmarkReport:
     """Warm up, then time the model alone, classify and plain Keras in interleaved rounds.
 
     Args:
         loaded: an already loaded model to measure (default: load `options.model`).
+        on_failure: called once for each input that cannot be read; it is left out of the
+            measurements and listed in the report's `errors`.
 
     Raises:
         UsageError: bad counts, or no readable image among the inputs.
@@ -171,7 +173,8 @@ def run_benchmark(options: BenchmarkOptions, *, progress: bool = True,
     if loaded is None:
         loaded = load_model(options.model, progress=progress)
     with _input_files(options, progress=progress) as (paths, described):
-        return _measure(options, loaded, paths, described, progress=progress)
+        inputs = _read_inputs(paths, options, loaded.image_size, on_failure)
+        return _measure(options, loaded, inputs, described, progress=progress)
 
 
 def _check_counts(options: BenchmarkOptions) -> None:
@@ -203,18 +206,40 @@ def _input_files(options: BenchmarkOptions, *, progress: bool
         yield paths, f"{count} synthesised {width}x{height} JPEGs (quality {PHOTO_QUALITY})"
 
 
-def _measure(options: BenchmarkOptions, loaded: LoadedModel, paths: list[str], described: str,
-             *, progress: bool) -> BenchmarkReport:
+@dataclass(frozen=True)
+class _Inputs:
+    """The readable inputs (each read once) and one batch of them, decoded and ready."""
+
+    paths: list[str]
+    errors: tuple[ImageError, ...]
+    ready: np.ndarray
+    batch_size: int
+
+    @property
+    def batches(self) -> int:
+        return math.ceil(len(self.paths) / self.batch_size)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The measurements, set up and warmed: name -> one run over every input."""
+
+    runs: dict[str, Callable[[], None]]
+    predictor: Predictor
+    compile_s: float
+    precompiled: bool
+    keras_first_s: float | None
+
+
+def _read_inputs(paths: list[str], options: BenchmarkOptions, size: int,
+                 on_failure: FailureHandler | None) -> _Inputs:
+    """Read every input once: drops unreadable files (reported) and warms the OS file cache,
+    so no measurement pays for the first read from disk."""
     import numpy as np
 
-    from resnet_cli.classify import classify_images
     from resnet_cli.images import load_image
-    from resnet_cli.inference import Predictor, fitted_batch_size
-    from resnet_cli.render import progress_bar
+    from resnet_cli.inference import fitted_batch_size
 
-    size, batch_size = loaded.image_size, options.batch_size
-    # Read every input once: drops unreadable files (reported) and warms the OS file cache,
-    # so no measurement pays for the first read from disk.
     arrays, good, errors = [], [], []
     for path in paths:
         try:
@@ -224,10 +249,17 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, paths: list[str], d
             errors.append(exc)
     if not good:
         raise UsageError(f"None of the {len(paths)} inputs is a readable image.")
-    images = len(good)
-    batch_size = fitted_batch_size(batch_size, images)  # as classify does: no padding rows
-    ready = np.stack([arrays[i % images] for i in range(batch_size)])
-    batches = math.ceil(images / batch_size)
+    if on_failure is not None:
+        for error in errors:
+            on_failure(error)
+    batch_size = fitted_batch_size(options.batch_size, len(good))  # as classify: no padding
+    ready = np.stack([arrays[i % len(good)] for i in range(batch_size)])
+    return _Inputs(paths=good, errors=tuple(errors), ready=ready, batch_size=batch_size)
+
+
+def _measure(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, described: str,
+             *, progress: bool) -> BenchmarkReport:
+    from resnet_cli.render import progress_bar
 
     twin_needed = loaded.policy != "float32"
     rounds = options.warmup + options.repeats
@@ -235,74 +267,96 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, paths: list[str], d
     setup_steps = 1 + int(twin_needed) + int(options.baseline)
     with progress_bar(total=setup_steps + rounds * measured, desc="compiling", enabled=progress,
                       unit="step") as bar:
-        start = time.perf_counter()
-        predictor = Predictor(loaded, batch_size)  # folds BatchNorm, unless already compiled
-        precompiled = predictor.trace_count > 0
-        predictor(ready)
-        compile_s = time.perf_counter() - start
-        bar.update(1)
+        setup = _set_up(options, loaded, inputs, bar, twin_needed=twin_needed)
+        seconds, cpu_seconds, other_cpu = _time_rounds(setup.runs, options, bar)
 
-        def runs_of(model: LoadedModel, run: Predictor) -> tuple[Callable[[], None],
-                                                                  Callable[[], None]]:
-            """(model alone, classify) for one model: the two measurements every model gets."""
-            def model_alone() -> None:
-                for _ in range(batches):
-                    run(ready)
-
-            def classify() -> None:
-                for result in classify_images(good, model, batch_size=batch_size,
-                                              resize=options.resize, progress=False):
-                    if not result.ok:  # a file changed under us: the figures would be wrong
-                        raise UsageError(f"{result.path}: {result.error}")
-
-            return model_alone, classify
-
-        runs: dict[str, Callable[[], None]] = dict(zip(("model", "classify"),
-                                                       runs_of(loaded, predictor), strict=True))
-        fp32 = loaded
-        if twin_needed:
-            bar.set_description("building the fp32 reference")
-            fp32 = _fp32_twin(loaded, options)
-            reference = Predictor(fp32, batch_size)
-            reference(ready)
-            bar.update(1)
-            runs["model_fp32"], runs["classify_fp32"] = runs_of(fp32, reference)
-        keras_first_s = None
-        if options.baseline:
-            bar.set_description("warming up plain Keras")
-            keras_run = _keras_baseline(fp32, batch_size, size)
-            start = time.perf_counter()
-            keras_run(good[:batch_size])
-            keras_first_s = time.perf_counter() - start
-            runs["keras"] = lambda: keras_run(good)
-            bar.update(1)
-
-        seconds: dict[str, list[float]] = {name: [] for name in runs}
-        cpu_seconds: dict[str, list[float]] = {name: [] for name in runs}
-        machine = _MachineLoad()
-        for round_index in range(rounds):
-            for name, run in runs.items():
-                phase = "warm-up" if round_index < options.warmup else "timed"
-                bar.set_description(f"{phase} round {round_index + 1}/{rounds}: {name}")
-                start, cpu_start = time.perf_counter(), time.process_time()
-                run()
-                if round_index >= options.warmup:
-                    seconds[name].append(time.perf_counter() - start)
-                    cpu_seconds[name].append(time.process_time() - cpu_start)
-                bar.update(1)
-        other_cpu = machine.others()
-
+    images, batch_size = len(inputs.paths), inputs.batch_size
     timings = tuple(Timing(name, MEASUREMENTS[name][1], images, batch_size,
-                           tuple(seconds[name]), tuple(cpu_seconds[name])) for name in runs)
+                           tuple(seconds[name]), tuple(cpu_seconds[name])) for name in setup.runs)
     return BenchmarkReport(
         model=loaded.spec.name, source=loaded.source, precision=options.model.precision,
-        policy=loaded.policy, device=loaded.device, batch_size=batch_size, image_size=size,
-        inputs=described, input_count=images, compile_s=compile_s, precompiled=precompiled,
-        keras_first_s=keras_first_s,
-        trace_count=predictor.trace_count, timings=timings, ratios=_ratios(seconds),
-        errors=tuple(errors), cpu_count=os.cpu_count() or 0,
-        other_cpu=other_cpu,
+        policy=loaded.policy, device=loaded.device, batch_size=batch_size,
+        image_size=loaded.image_size, inputs=described, input_count=images,
+        compile_s=setup.compile_s, precompiled=setup.precompiled,
+        keras_first_s=setup.keras_first_s, trace_count=setup.predictor.trace_count,
+        timings=timings, ratios=_ratios(seconds), errors=inputs.errors,
+        cpu_count=os.cpu_count() or 0, other_cpu=other_cpu,
     )
+
+
+def _set_up(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, bar: Any, *,
+            twin_needed: bool) -> _Setup:
+    """Compile the model (timed), then the fp32 twin and the Keras baseline when asked for."""
+    from resnet_cli.inference import Predictor
+
+    start = time.perf_counter()
+    predictor = Predictor(loaded, inputs.batch_size)  # folds BatchNorm, unless already compiled
+    precompiled = predictor.trace_count > 0
+    predictor(inputs.ready)
+    compile_s = time.perf_counter() - start
+    bar.update(1)
+
+    runs = dict(zip(("model", "classify"), _runs_of(loaded, predictor, inputs, options.resize),
+                    strict=True))
+    fp32 = loaded
+    if twin_needed:
+        bar.set_description("building the fp32 reference")
+        fp32 = _fp32_twin(loaded, options)
+        reference = Predictor(fp32, inputs.batch_size)
+        reference(inputs.ready)
+        bar.update(1)
+        runs["model_fp32"], runs["classify_fp32"] = _runs_of(fp32, reference, inputs,
+                                                             options.resize)
+    keras_first_s = None
+    if options.baseline:
+        bar.set_description("warming up plain Keras")
+        keras_run = _keras_baseline(fp32, inputs.batch_size, loaded.image_size)
+        start = time.perf_counter()
+        keras_run(inputs.paths[:inputs.batch_size])
+        keras_first_s = time.perf_counter() - start
+        runs["keras"] = lambda: keras_run(inputs.paths)
+        bar.update(1)
+    return _Setup(runs=runs, predictor=predictor, compile_s=compile_s, precompiled=precompiled,
+                  keras_first_s=keras_first_s)
+
+
+def _runs_of(model: LoadedModel, run: Predictor, inputs: _Inputs, resize: ResizeMode
+             ) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(model alone, classify) for one model: the two measurements every model gets."""
+    from resnet_cli.classify import classify_images
+
+    def model_alone() -> None:
+        for _ in range(inputs.batches):
+            run(inputs.ready)
+
+    def classify() -> None:
+        for result in classify_images(inputs.paths, model, batch_size=inputs.batch_size,
+                                      resize=resize, progress=False):
+            if not result.ok:  # a file changed under us: the figures would be wrong
+                raise UsageError(f"{result.path}: {result.error}")
+
+    return model_alone, classify
+
+
+def _time_rounds(runs: dict[str, Callable[[], None]], options: BenchmarkOptions, bar: Any
+                 ) -> tuple[dict[str, list[float]], dict[str, list[float]], float | None]:
+    """Every run once per round, warm-up rounds first: (seconds, CPU seconds) of the timed
+    rounds per run, and the cores other processes kept busy meanwhile."""
+    rounds = options.warmup + options.repeats
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in runs}
+    machine = _MachineLoad()
+    for round_index in range(rounds):
+        for name, run in runs.items():
+            phase = "warm-up" if round_index < options.warmup else "timed"
+            bar.set_description(f"{phase} round {round_index + 1}/{rounds}: {name}")
+            start, cpu_start = time.perf_counter(), time.process_time()
+            run()
+            if round_index >= options.warmup:
+                seconds[name].append(time.perf_counter() - start)
+                cpu_seconds[name].append(time.process_time() - cpu_start)
+            bar.update(1)
+    return seconds, cpu_seconds, machine.others()
 
 
 def _ratios(seconds: dict[str, list[float]]) -> dict[str, float]:
@@ -376,144 +430,4 @@ def _busy_seconds() -> float | None:
         return None
 
 
-def synthesize_photos(folder: Path, count: int, *, size: tuple[int, int] = DEFAULT_PHOTO_SIZE,
-                      seed: int = 0, quality: int = PHOTO_QUALITY, progress: bool = False
-                      ) -> list[Path]:
-    """Write `count` photo-like JPEGs (smooth colour fields, soft shapes, sensor-like noise).
-
-    Their decode cost is close to real photographs of the same size, unlike flat or pure-noise
-    pictures. `UNIQUE_PHOTOS` distinct pictures are drawn and copied up to `count` files.
-    """
-    from resnet_cli.render import progress_bar
-
-    paths = [folder / f"photo_{i:04d}.jpg" for i in range(count)]
-    unique = min(count, UNIQUE_PHOTOS)
-    with progress_bar(total=count, desc="synthesising photos", enabled=progress,
-                      unit="img") as bar:
-        for i, path in enumerate(paths):
-            if i < unique:
-                photo_like(size, seed=seed + i).save(path, format="JPEG", quality=quality)
-            else:
-                shutil.copyfile(paths[i % unique], path)
-            bar.update(1)
-    return paths
-
-
-def photo_like(size: tuple[int, int], *, seed: int = 0) -> Any:
-    """One photo-like RGB Pillow image of `size` (width, height)."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFilter
-
-    rng = np.random.default_rng(seed)
-    width, height = size
-    # Smooth lighting and colour: a coarse random grid, upsampled bicubically.
-    grid = rng.uniform(20, 235, (3, 4, 3)).astype(np.uint8)
-    img = Image.fromarray(grid, "RGB").resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    scale = min(width, height)
-    for _ in range(int(rng.integers(8, 16))):
-        x, y = rng.uniform(0, width), rng.uniform(0, height)
-        r = rng.uniform(0.03, 0.25) * scale
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        shape = rng.integers(3)
-        if shape == 0:
-            draw.ellipse((x - r, y - r * rng.uniform(0.4, 1), x + r, y + r), fill=colour)
-        elif shape == 1:
-            draw.rectangle((x - r, y - r / 2, x + r, y + r / 2), fill=colour)
-        else:
-            points = [(x + r * math.cos(a), y + r * math.sin(a))
-                      for a in np.sort(rng.uniform(0, 2 * math.pi, 5))]
-            draw.polygon(points, fill=colour)
-    img = img.filter(ImageFilter.GaussianBlur(radius=max(1.0, scale / 500)))
-    # Texture and sensor noise: what makes a photograph's JPEG costly to decode.
-    pixels = np.asarray(img, dtype=np.float32)
-    fine = rng.standard_normal((height, width, 1), dtype=np.float32) * 5.0
-    colour_noise = rng.standard_normal((height, width, 3), dtype=np.float32) * 2.0
-    pixels = np.clip(pixels + fine + colour_noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
-
-
-def parse_photo_size(text: str) -> tuple[int, int]:
-    """"1920x1080" -> (1920, 1080).
-
-    Raises:
-        UsageError: not WIDTHxHEIGHT.
-    """
-    width, sep, height = text.lower().replace(" ", "").partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        raise UsageError(f"--photo-size must be WIDTHxHEIGHT, e.g. 1920x1080; got '{text}'.")
-    return int(width), int(height)
-
-
-# ----- rendering --------------------------------------------------------------------------
-
-RATIO_MEANING = {
-    "classify/model": "1.0: decoding costs nothing",
-    "classify/keras": "end to end vs plain Keras",
-    "model/keras": "",
-    "model/model_fp32": "speed-up of the precision, model alone",
-    "classify/classify_fp32": "speed-up of the precision, end to end",
-    "classify/model_fp32": "end to end vs the fp32 model alone",
-}
-
-
-def render_benchmark(report: BenchmarkReport, console: Console) -> None:
-    """The report as Rich tables: set-up, timings (median and range), ratios."""
-    from rich.table import Table
-
-    setup = Table(show_header=False, title="benchmark", title_justify="left")
-    setup.add_column(style="bold")
-    setup.add_column()
-    precision = report.precision
-    if report.policy != "float32" or precision != "fp32":
-        precision += f" (Keras policy {report.policy})"
-    load = ""
-    if report.other_cpu is not None:
-        busy = report.other_cpu > 0.2 * max(report.cpu_count, 1)
-        load = (f"; other processes used {report.other_cpu:.1f} cores meanwhile"
-                + (": figures are noisy" if busy else ""))
-    rows = [
-        ("model", report.source
-         + ("; as fast as trained weights" if "random" in report.source else "")),
-        ("precision", precision),
-        ("device", f"{report.device}, {report.cpu_count} CPU cores{load}"),
-        ("batch", f"{report.batch_size} images of {report.image_size}x{report.image_size}"),
-        ("inputs", f"{report.inputs}; {report.input_count} images per run"),
-        ("first batch", f"{report.compile_s:.2f} s "
-         + ("(already compiled)" if report.precompiled else "(fold + trace + compile + run)")
-         + f"; traced {report.trace_count} time(s) in all"),
-    ]
-    if report.keras_first_s is not None:
-        rows.append(("first model.predict", f"{report.keras_first_s:.2f} s (Keras baseline, "
-                                            "one batch with its set-up)"))
-    for key, value in rows:
-        setup.add_row(key, value)
-    console.print(setup)
-
-    timings = Table(title=f"timed runs (median, min-max of {len(report.timings[0].seconds)})",
-                    title_justify="left", caption_justify="left", caption="; ".join(
-                        f"{MEASUREMENTS[t.name][0]}: {t.description}" for t in report.timings))
-    for name, justify in (("measurement", "left"), ("images/s", "right"), ("range", "right"),
-                          ("ms/batch", "right"), ("range ", "right"), ("CPU ms/img", "right")):
-        timings.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for timing in report.timings:
-        ips, ms = timing.images_per_s, timing.ms_per_batch
-        cpu = timing.stats()["cpu_ms_per_image"]
-        timings.add_row(MEASUREMENTS[timing.name][0], f"{statistics.median(ips):.1f}",
-                        f"{min(ips):.1f}-{max(ips):.1f}", f"{statistics.median(ms):.0f}",
-                        f"{min(ms):.0f}-{max(ms):.0f}", "" if cpu is None else f"{cpu:.0f}")
-    console.print(timings)
-
-    if report.ratios:
-        ratios = Table(title="throughput ratios (median of per-round ratios)",
-                       title_justify="left")
-        ratios.add_column("ratio")
-        ratios.add_column("value", justify="right")
-        ratios.add_column("meaning")
-        for label, ratio in report.ratios.items():
-            ratios.add_row(label, f"{ratio:.2f}x", RATIO_MEANING.get(label, ""))
-        console.print(ratios)
-
-
-__all__ = ["BenchmarkOptions", "BenchmarkReport", "Timing", "parse_photo_size", "photo_like",
-           "render_benchmark", "run_benchmark", "synthesize_photos"]
+__all__ = ["BenchmarkOptions", "BenchmarkReport", "Timing", "run_benchmark"]

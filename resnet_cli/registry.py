@@ -42,10 +42,6 @@ class ModelSpec:
     feature_dim: int = 2048
     num_classes: int = 1000
 
-    @property
-    def is_v2(self) -> bool:
-        return self.name.endswith("v2")
-
 
 @dataclass(frozen=True)
 class WeightsFile:

@@ -79,7 +79,8 @@ def extract(
 
     Example: find photos -name '*.jpg' | resnet extract --pooling avg -o feats.npy
     """
-    from resnet_cli.extract import check_feature_output, extract_features
+    from resnet_cli.extract import extract_features
+    from resnet_cli.features import check_feature_output
     from resnet_cli.models import ModelOptions
     from resnet_cli.render.features import extract_line
 
@@ -115,7 +116,7 @@ def merge(
 
     Example: resnet merge feats-0-of-4.npy feats-1-of-4.npy ... -o feats.npy
     """
-    from resnet_cli.extract import merge_features
+    from resnet_cli.features import merge_features
     from resnet_cli.render.features import merge_line
 
     with user_errors():

@@ -21,7 +21,6 @@ from resnet_cli.cli.options import (
 )
 from resnet_cli.devices import Precision
 from resnet_cli.registry import DEFAULT_MODEL
-from resnet_cli.render import make_console
 
 
 def summary(
@@ -48,19 +47,15 @@ def summary(
 
     Example: resnet summary --model resnet101 --no-include-top --pooling avg --layers
     """
-    import json
-
     from resnet_cli.models import ModelOptions
-    from resnet_cli.summary import render_summary, summarize
+    from resnet_cli.render.summary import emit_summary
+    from resnet_cli.summary import summarize
 
     with user_errors():
         result = summarize(ModelOptions(model=model, weights=weights, include_top=include_top,
                                         pooling=pooling, image_size=image_size, device="cpu"),
                            layers=layers, progress=not quiet)
-    if fmt is ReportFormat.json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        render_summary(result, make_console())
+    emit_summary(result, as_json=fmt is ReportFormat.json)
 
 
 def benchmark(
@@ -100,31 +95,19 @@ def benchmark(
 
     Example: resnet benchmark --precision bf16 --repeats 3
     """
-    import json
-
-    from resnet_cli.benchmark import (
-        BenchmarkOptions,
-        parse_photo_size,
-        render_benchmark,
-        run_benchmark,
-    )
+    from resnet_cli.benchmark import BenchmarkOptions, run_benchmark
     from resnet_cli.models import ModelOptions
+    from resnet_cli.photos import parse_photo_size
+    from resnet_cli.render.benchmark import emit_benchmark
 
     failures = FailureReporter()
     with user_errors():
-        paths = None
-        if inputs is not None:
-            paths = read_inputs([str(inputs)], recursive=False)
+        paths = read_inputs([str(inputs)], recursive=False) if inputs is not None else None
         options = BenchmarkOptions(
             model=ModelOptions(model=model, weights=weights, image_size=image_size,
                                device=device, precision=precision.value),
             batch_size=batch_size, images=images, repeats=repeats, warmup=warmup,
             inputs=paths, photo_size=parse_photo_size(photo_size), baseline=baseline)
-        report = run_benchmark(options, progress=not quiet)
-    for error in report.errors:
-        failures(error)
-    if fmt is ReportFormat.json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        render_benchmark(report, make_console())
+        report = run_benchmark(options, progress=not quiet, on_failure=failures)
+    emit_benchmark(report, as_json=fmt is ReportFormat.json)
     raise typer.Exit(failures.exit_code)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from resnet_cli.extract import ExtractSummary, FeatureFile
+    from resnet_cli.extract import ExtractSummary
+    from resnet_cli.features import FeatureFile
 
 
 def extract_line(summary: ExtractSummary) -> str:
