@@ -92,3 +92,72 @@ def tiny_classifier_factory(tmp_path_factory: pytest.TempPathFactory
         return cache[variant]
 
     return build
+
+
+# ----- shared by the extract, feature-file, folding and inference tests ----------------------
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Per variant (built once per session): the notop weights file, the plain Keras model,
+    and the same model loaded through the CLI's model layer, at 64 px."""
+    cache: dict[str, tuple[Path, object, object]] = {}
+
+    def get(variant: str) -> tuple[Path, object, object]:
+        if variant not in cache:
+            import keras
+
+            from resnet_cli.models import ModelOptions, load_model
+            from resnet_cli.registry import get_spec
+
+            keras.utils.set_random_seed(11 + len(cache))
+            reference = getattr(keras.applications, get_spec(variant).constructor)(
+                include_top=False, weights=None, input_shape=(TINY, TINY, 3))
+            path = tmp_path_factory.mktemp("notop") / f"{variant}_notop.weights.h5"
+            reference.save_weights(path)
+            loaded = load_model(ModelOptions(model=variant, weights=str(path),
+                                             include_top=False, image_size=TINY))
+            cache[variant] = (path, reference, loaded)
+        return cache[variant]
+
+    return get
+
+
+def all_layers(model: object) -> list[object]:
+    """Every layer of a Keras model, those of nested models included."""
+    import keras
+
+    layers = []
+    for layer in model.layers:  # type: ignore[attr-defined]
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            layers.extend(all_layers(layer))
+    return layers
+
+
+def randomise_batch_norm(model: object, seed: int = 0) -> None:
+    """Give every BatchNormalization statistics far from Keras' identity initial values."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.moving_mean.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.3, channels),
+                               rng.normal(0, 0.3, channels), rng.uniform(0.3, 3.0, channels)])
+
+
+# ----- shared by the datasets and training tests -----------------------------------------------
+
+CLASS_COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
+
+
+def write_class_dataset(root: Path, per_class: int = 4) -> Path:
+    """One folder per class of noisy, differently coloured real PNGs (40x36)."""
+    for i, (name, color) in enumerate(CLASS_COLORS.items()):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for j in range(per_class):
+            noise = np.random.default_rng(10 * i + j).normal(0, 25, (36, 40, 3))
+            pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / f"{j}.png")
+    return root

@@ -8,18 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import make_image
-from PIL import Image
 
 from resnet_cli import devices
-from resnet_cli.benchmark import UNIQUE_PHOTOS, parse_photo_size, photo_like, synthesize_photos
 from resnet_cli.cli import app
-from resnet_cli.errors import UsageError
-from resnet_cli.images import load_image
-from resnet_cli.inference import Predictor, iter_batches
-from resnet_cli.models import ModelOptions, load_model
 
 TINY_ARGS = ["--image-size", "32", "--batch-size", "2", "--repeats", "1", "--warmup", "0",
              "-f", "json", "-q"]
@@ -100,47 +93,3 @@ def test_table_output(runner) -> None:
 def test_bad_options_exit_2(runner, args: list[str]) -> None:
     result = runner.invoke(app, ["benchmark", *args])
     assert result.exit_code == 2, result.stdout
-
-
-def test_parse_photo_size() -> None:
-    assert parse_photo_size("1920x1080") == (1920, 1080)
-    assert parse_photo_size("4000X3000") == (4000, 3000)
-    with pytest.raises(UsageError, match="WIDTHxHEIGHT"):
-        parse_photo_size("1920")
-
-
-def test_synthesize_photos_are_photo_like(tmp_path: Path) -> None:
-    paths = synthesize_photos(tmp_path, UNIQUE_PHOTOS + 2, size=(160, 120))
-    assert len(paths) == UNIQUE_PHOTOS + 2 and all(p.suffix == ".jpg" for p in paths)
-    with Image.open(paths[0]) as img:
-        assert (img.format, img.size, img.mode) == ("JPEG", (160, 120), "RGB")
-    first, second = (np.asarray(Image.open(p), dtype=np.float32) for p in paths[:2])
-    assert np.abs(first - second).mean() > 10  # different pictures
-    assert paths[UNIQUE_PHOTOS].read_bytes() == paths[0].read_bytes()  # copies after that
-    # Smooth at large scale, noisy at pixel scale, like a photograph.
-    assert first.std() > 20
-    step = np.abs(np.diff(first, axis=1)).mean()
-    assert 1 < step < 20
-    assert load_image(str(paths[1]), size=32).shape == (32, 32, 3)
-    assert photo_like((40, 30), seed=3).size == (40, 30)
-
-
-def test_predictor_traces_once(tmp_path: Path) -> None:
-    loaded = load_model(ModelOptions(weights="none", image_size=32))
-    predictor = Predictor(loaded, 4)
-    rng = np.random.default_rng(0)
-    for count in (4, 1, 3, 4):
-        out = predictor(rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8))
-        assert out.shape == (count, 1000) and out.dtype == np.float32
-    assert predictor.trace_count == 1
-    # A second predictor for the same model and batch size reuses the compiled function.
-    again = Predictor(loaded, 4)
-    again(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
-    assert again.trace_count == 1
-    paths = [str(make_image(tmp_path / f"{i}.png", (40, 30), seed=i)) for i in range(5)]
-    batches = list(iter_batches(paths, again, image_size=32, progress=False))
-    assert [len(b.ok) for b in batches] == [4, 1]
-    assert again.trace_count == 1
-    other = Predictor(loaded, 2)
-    other(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
-    assert other.trace_count == 1 and len(loaded.compiled) == 2

@@ -7,9 +7,9 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+from conftest import all_layers, randomise_batch_norm
 
 from resnet_cli.folding import fold_batch_norm
-from resnet_cli.inference import Predictor
 from resnet_cli.models import ModelOptions, build_feature_model, dtype_policy, load_model
 from resnet_cli.registry import get_spec
 from resnet_cli.training import build_classifier
@@ -17,27 +17,8 @@ from resnet_cli.training import build_classifier
 SIZE = 32
 
 
-def randomise_batch_norm(model: Any, seed: int = 0) -> None:
-    """Give every BatchNormalization statistics far from Keras' identity initial values."""
-    rng = np.random.default_rng(seed)
-    for layer in _all_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.moving_mean.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.3, channels),
-                               rng.normal(0, 0.3, channels), rng.uniform(0.3, 3.0, channels)])
-
-
-def _all_layers(model: Any) -> list[Any]:
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if isinstance(layer, keras.Model):
-            layers.extend(_all_layers(layer))
-    return layers
-
-
 def count(model: Any, kind: type) -> int:
-    return sum(isinstance(layer, kind) for layer in _all_layers(model))
+    return sum(isinstance(layer, kind) for layer in all_layers(model))
 
 
 def inputs(seed: int = 1) -> np.ndarray:
@@ -126,12 +107,3 @@ def test_folded_layers_keep_the_mixed_precision_policy() -> None:
     reference = model(inputs(7), training=False)
     assert out.dtype == reference.dtype == "bfloat16"
     assert np.abs(np.asarray(out, np.float32) - np.asarray(reference, np.float32)).max() < 0.02
-
-
-def test_predictor_runs_the_folded_model() -> None:
-    loaded = load_model(ModelOptions(weights="none", image_size=SIZE))
-    randomise_batch_norm(loaded.model, seed=8)
-    images = np.random.default_rng(9).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
-    expected = loaded.model.predict(
-        keras.applications.resnet.preprocess_input(images.astype(np.float32)), verbose=0)
-    np.testing.assert_allclose(Predictor(loaded, 4)(images), expected, rtol=1e-4, atol=1e-6)

@@ -1,19 +1,23 @@
-"""Batching: every image decoded once, in order, and decode threads that give way to the model."""
+"""The inference path: every image decoded once, in order, decode threads that give way to
+the model; and the Keras `Predictor`: traced once, folded, split across replicas."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import make_image, randomise_batch_norm
 
 from resnet_cli import inference
 from resnet_cli.images import load_image
-from resnet_cli.inference import iter_batches
+from resnet_cli.inference import Predictor, iter_batches
+from resnet_cli.models import ModelOptions, load_model
 
 
 def record_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int]]:
@@ -95,3 +99,68 @@ def test_without_yield_the_decode_threads_keep_normal_priority(
     own_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     list(iter_batches(paths, MeanColour(3), image_size=16, progress=False, workers=2))
     assert {nice for _, _, nice in seen} == {own_nice}
+
+
+# ----- Predictor: the Keras model as one compiled function ------------------------------
+
+def test_predictor_traces_once(tmp_path: Path) -> None:
+    loaded = load_model(ModelOptions(weights="none", image_size=32))
+    predictor = Predictor(loaded, 4)
+    rng = np.random.default_rng(0)
+    for count in (4, 1, 3, 4):
+        out = predictor(rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8))
+        assert out.shape == (count, 1000) and out.dtype == np.float32
+    assert predictor.trace_count == 1
+    # A second predictor for the same model and batch size reuses the compiled function.
+    again = Predictor(loaded, 4)
+    again(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    assert again.trace_count == 1
+    paths = [str(make_image(tmp_path / f"{i}.png", (40, 30), seed=i)) for i in range(5)]
+    batches = list(iter_batches(paths, again, image_size=32, progress=False))
+    assert [len(b.ok) for b in batches] == [4, 1]
+    assert again.trace_count == 1
+    other = Predictor(loaded, 2)
+    other(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    assert other.trace_count == 1 and len(loaded.compiled) == 2
+
+
+def test_predictor_runs_the_folded_model() -> None:
+    import keras
+
+    loaded = load_model(ModelOptions(weights="none", image_size=32))
+    randomise_batch_norm(loaded.model, seed=8)
+    images = np.random.default_rng(9).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    expected = loaded.model.predict(
+        keras.applications.resnet.preprocess_input(images.astype(np.float32)), verbose=0)
+    np.testing.assert_allclose(Predictor(loaded, 4)(images), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_batches_split_across_replicas_match_one_device(tmp_path: Path) -> None:
+    """The multi-GPU path, on two logical CPU devices (no GPUs here)."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from resnet_cli.devices import import_tensorflow
+        tf = import_tensorflow()
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from resnet_cli.inference import Predictor
+        from resnet_cli.models import ModelOptions, build_feature_model, load_model
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            loaded = load_model(ModelOptions(weights="none", include_top=False,
+                                             image_size=32, device="cpu"))
+            model = build_feature_model(loaded, pooling="avg", layer="conv3_block1_out")
+        split = Predictor(loaded, 3, model=model, strategy=strategy)
+        whole = Predictor(loaded, 4, model=model)
+        images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+        a, b = split(images), whole(images)
+        assert split.batch_size == 4 and a.shape == b.shape == (3, 512), (a.shape, b.shape)
+        assert not np.allclose(a[0], a[1])
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        print("replicas", strategy.num_replicas_in_sync)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "replicas 2" in result.stdout

@@ -7,8 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from resnet_cli.devices import DeviceRequest, apply_device, parse_device
-from resnet_cli.errors import DeviceError, ModelFileError, UsageError, WeightsError
+from resnet_cli.errors import ModelFileError, UsageError, WeightsError
 from resnet_cli.models import (
     ModelCard,
     ModelOptions,
@@ -128,26 +127,3 @@ def test_corrupt_keras_file(tmp_path: Path) -> None:
     path.write_bytes(b"PK not really a zip")
     with pytest.raises(ModelFileError, match="Cannot load model"):
         load_model(ModelOptions(weights=str(path)))
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("auto", DeviceRequest("auto")), ("CPU", DeviceRequest("cpu")),
-    ("gpu", DeviceRequest("gpu")), ("gpu:1", DeviceRequest("gpu", 1)),
-])
-def test_parse_device(text: str, expected: DeviceRequest) -> None:
-    assert parse_device(text) == expected
-
-
-@pytest.mark.parametrize("text", ["tpu", "cpu:0", "gpu:", "gpu:-1", ""])
-def test_parse_device_rejects(text: str) -> None:
-    with pytest.raises(UsageError, match="Invalid device"):
-        parse_device(text)
-
-
-def test_missing_gpu_is_a_clear_error() -> None:
-    import tensorflow as tf
-
-    count = len(tf.config.list_physical_devices("GPU"))
-    with pytest.raises(DeviceError, match="GPU"):
-        apply_device(DeviceRequest("gpu", count + 3))
-    assert apply_device(DeviceRequest("cpu")) == "/CPU:0"

@@ -1,9 +1,11 @@
-"""`--precision bf16`: CPU detection, policy choice, fallback, and no policy leaking out."""
+"""`--precision bf16` in the models: the policy reaches every layer and never leaks out.
+
+Detecting bf16 CPUs and choosing the policy are tested in test_devices.py.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import keras
@@ -11,40 +13,14 @@ import numpy as np
 import pytest
 
 from resnet_cli import devices
-from resnet_cli.cli import app
-from resnet_cli.devices import cpu_supports_bf16, parse_precision, precision_policy
-from resnet_cli.errors import UsageError
 from resnet_cli.inference import Predictor
 from resnet_cli.models import ModelCard, ModelOptions, load_model, model_card_dict
-
-ZEN4_FLAGS = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f "
-              "avx512_bf16 avx512_vnni\n")
-OLD_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: spectre_v1\n"
-SAPPHIRE_FLAGS = "flags\t\t: avx512f amx_bf16 amx_tile\n"
 
 
 @pytest.fixture
 def force_cpu_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """Take the bf16 path whatever this CPU has (TensorFlow emulates bf16 where it must)."""
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda cpuinfo=None: True)
-
-
-def test_cpu_flags_are_read() -> None:
-    assert cpu_supports_bf16(ZEN4_FLAGS)
-    assert cpu_supports_bf16(SAPPHIRE_FLAGS)
-    assert not cpu_supports_bf16(OLD_FLAGS)
-    assert not cpu_supports_bf16("")
-    assert not cpu_supports_bf16("model name\t: avx512_bf16 in a name, not a flag\n")
-
-
-def test_policy_choice_and_fallback(caplog: pytest.LogCaptureFixture) -> None:
-    assert precision_policy("fp32", "/CPU:0") == "float32"
-    assert precision_policy("BF16", "/CPU:0", cpu_bf16=True) == "mixed_bfloat16"
-    with caplog.at_level(logging.WARNING, logger="resnet_cli.devices"):
-        assert precision_policy("bf16", "/CPU:0", cpu_bf16=False) == "float32"
-    assert "no native bfloat16" in caplog.text and "fp32" in caplog.text
-    with pytest.raises(UsageError, match="Invalid precision 'fp8': use fp32 or bf16"):
-        parse_precision("fp8")
 
 
 def test_bf16_model_keeps_policy_without_leaking(force_cpu_bf16: None) -> None:
@@ -89,13 +65,3 @@ def test_bf16_finetuned_model_switches_its_layers(tmp_path: Path, force_cpu_bf16
     assert keras.mixed_precision.global_policy().name == "float32"
     out = Predictor(loaded, 1)(np.full((1, 32, 32, 3), 128, dtype=np.uint8))
     assert out.dtype == np.float32 and out.shape == (1, 2)
-
-
-@pytest.mark.parametrize("command", ["classify", "benchmark"])
-def test_bad_precision_exits_2(runner, command: str, tmp_path: Path) -> None:
-    args = [command, "--precision", "fp8"]
-    if command == "classify":
-        args.append(str(tmp_path))
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2
-    assert "fp8" in result.stderr and "--precision" in result.stderr

@@ -10,7 +10,8 @@ import pytest
 
 from resnet_cli.cli import app
 from resnet_cli.models import ModelCard, ModelOptions, load_model, model_card_dict
-from resnet_cli.summary import format_count, format_shape, summarize_loaded
+from resnet_cli.render.summary import format_count, format_shape
+from resnet_cli.summary import summarize_loaded
 
 STAGES = ["stem", "conv2_x", "conv3_x", "conv4_x", "conv5_x", "head"]
 
