@@ -39,7 +39,6 @@ class ModelSpec:
     top5: float
     default_size: int = 224
     min_size: int = 32
-    feature_dim: int = 2048
     num_classes: int = 1000
 
 
