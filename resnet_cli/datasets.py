@@ -294,57 +294,94 @@ def make_dataset(
     dropped) so the train step is traced once. Evaluation pipelines keep the file order.
     """
     import tensorflow as tf
-    from keras.applications import imagenet_utils
 
-    count = source_size(source)
-    autotune = tf.data.AUTOTUNE
+    order = _index_order(source_size(source), seed)
+    if isinstance(source, StreamedImages):
+        one_pass = _streamed_pass(source, order, batch_size)
+    else:
+        one_pass = _decoded_pass(source, order, batch_size)
+    if training:
+        first, end = epochs
+        dataset = tf.data.Dataset.range(first, end).flat_map(one_pass)
+    else:
+        dataset = one_pass()
+    finish = _finisher(num_classes, preprocess_mode, augment, class_weights)
+    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # In-memory tensors cannot be sharded by file across workers: shard by batch instead.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _index_order(count: int, seed: int) -> Callable[..., Any]:
+    """`order(epoch)`: a dataset of image indices, shuffled by (seed, epoch) for training,
+    in file order when `epoch` is None."""
+    import tensorflow as tf
 
     def order(epoch: Any = None) -> Any:
-        """Image indices: shuffled by (seed, epoch) for training, in file order otherwise."""
         indices = tf.range(count, dtype=tf.int64)
         if epoch is not None:
             indices = tf.random.experimental.stateless_shuffle(
                 indices, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
         return tf.data.Dataset.from_tensor_slices(indices)
 
-    if isinstance(source, StreamedImages):
-        paths = tf.constant(list(source.data.paths))
-        labels = tf.constant(list(source.data.labels), dtype=tf.int32)
-        size = source.size
+    return order
 
-        def load(index: Any) -> tuple[Any, Any, Any]:
-            image, ok = tf.numpy_function(source.decode, [tf.gather(paths, index)],
-                                          [tf.uint8, tf.bool], stateful=False)
-            image.set_shape((size, size, 3))
-            ok.set_shape(())
-            return image, tf.gather(labels, index), ok
 
-        def one_pass(epoch: Any = None) -> Any:
-            items = order(epoch).map(load, num_parallel_calls=autotune, deterministic=True)
-            if epoch is None:
-                # Evaluation keeps its known length (Keras warns about datasets that end
-                # early): an unreadable image stays in, with weight 0.
-                items = items.map(lambda image, label, ok: (image, label, tf.cast(ok, tf.float32)))
-                return items.batch(batch_size)
-            items = items.filter(lambda image, label, ok: ok)
-            items = items.map(lambda image, label, ok: (image, label))
-            return items.batch(batch_size, drop_remainder=True)
-    else:
-        pixels = tf.constant(source.images)
-        label_table = tf.constant(source.labels, dtype=tf.int32)
+def _streamed_pass(source: StreamedImages, order: Callable[..., Any], batch_size: int
+                   ) -> Callable[..., Any]:
+    """`one_pass(epoch)`: batches of (uint8 images, labels[, valid]) decoded by tf.data."""
+    import tensorflow as tf
 
-        def take(indices: Any) -> tuple[Any, Any]:
-            return tf.gather(pixels, indices), tf.gather(label_table, indices)
+    paths = tf.constant(list(source.data.paths))
+    labels = tf.constant(list(source.data.labels), dtype=tf.int32)
+    size = source.size
 
-        def one_pass(epoch: Any = None) -> Any:
-            batches = order(epoch).batch(batch_size, drop_remainder=epoch is not None)
-            return batches.map(take, num_parallel_calls=autotune)
+    def load(index: Any) -> tuple[Any, Any, Any]:
+        image, ok = tf.numpy_function(source.decode, [tf.gather(paths, index)],
+                                      [tf.uint8, tf.bool], stateful=False)
+        image.set_shape((size, size, 3))
+        ok.set_shape(())
+        return image, tf.gather(labels, index), ok
 
-    if training:
-        first, end = epochs
-        dataset = tf.data.Dataset.range(first, end).flat_map(one_pass)
-    else:
-        dataset = one_pass()
+    def one_pass(epoch: Any = None) -> Any:
+        items = order(epoch).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if epoch is None:
+            # Evaluation keeps its known length (Keras warns about datasets that end
+            # early): an unreadable image stays in, with weight 0.
+            items = items.map(lambda image, label, ok: (image, label, tf.cast(ok, tf.float32)))
+            return items.batch(batch_size)
+        items = items.filter(lambda image, label, ok: ok)
+        items = items.map(lambda image, label, ok: (image, label))
+        return items.batch(batch_size, drop_remainder=True)
+
+    return one_pass
+
+
+def _decoded_pass(source: DecodedImages, order: Callable[..., Any], batch_size: int
+                  ) -> Callable[..., Any]:
+    """`one_pass(epoch)`: batches of (uint8 images, labels) gathered from memory."""
+    import tensorflow as tf
+
+    pixels = tf.constant(source.images)
+    label_table = tf.constant(source.labels, dtype=tf.int32)
+
+    def take(indices: Any) -> tuple[Any, Any]:
+        return tf.gather(pixels, indices), tf.gather(label_table, indices)
+
+    def one_pass(epoch: Any = None) -> Any:
+        batches = order(epoch).batch(batch_size, drop_remainder=epoch is not None)
+        return batches.map(take, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return one_pass
+
+
+def _finisher(num_classes: int, preprocess_mode: str, augment: Callable[[Any], Any] | None,
+              class_weights: Sequence[float] | None) -> Callable[..., Any]:
+    """The last map: augment, preprocess, one-hot labels, and sample weights (class weights
+    times the valid flag of streamed evaluation batches)."""
+    import tensorflow as tf
+    from keras.applications import imagenet_utils
 
     weights = (tf.constant(list(class_weights), tf.float32)
                if class_weights is not None else None)
@@ -360,8 +397,4 @@ def make_dataset(
             return x, y, sample if valid is None else sample * valid
         return (x, y) if valid is None else (x, y, valid)
 
-    dataset = dataset.map(finish, num_parallel_calls=autotune)
-    options = tf.data.Options()
-    # In-memory tensors cannot be sharded by file across workers: shard by batch instead.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options).prefetch(autotune)
+    return finish

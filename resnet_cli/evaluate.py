@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from resnet_cli.datasets import ClassFolders, scan_class_folders
@@ -27,13 +26,6 @@ if TYPE_CHECKING:
     from resnet_cli.models import LoadedModel
 
 OTHER = "(other)"  # confusion-matrix column for predictions outside the dataset's classes
-
-
-class EvalFormat(str, Enum):
-    """`resnet evaluate --format`."""
-
-    table = "table"
-    json = "json"
 
 
 @dataclass(frozen=True)
@@ -72,12 +64,12 @@ class Evaluation:
     classes: tuple[ClassScores, ...]
     columns: tuple[str, ...]
     confusion: tuple[tuple[int, ...], ...]
-    mistakes: tuple[Mistake, ...]  # the most confident ones first, at most `errors`
+    mistakes: tuple[Mistake, ...]  # the most confident ones first, at most `max_mistakes`
     mistake_count: int
     failures: tuple[ImageError, ...] = ()
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The JSON form (also `metrics.json` of a finetune run)."""
         return {
             "model": self.model, "dataset": self.dataset, "images": self.images,
@@ -147,7 +139,7 @@ def compute_metrics(
     class_names: Sequence[str],
     class_outputs: Sequence[int],
     labels: Sequence[ClassLabel],
-    errors: int = 10,
+    max_mistakes: int = 10,
 ) -> dict[str, Any]:
     """Accuracy, per-class scores, confusion matrix and mistakes from model outputs.
 
@@ -156,7 +148,7 @@ def compute_metrics(
         probs: model outputs, one row per image.
         class_names: the dataset's classes; `class_outputs[i]` is the model output of class i.
         labels: the model's classes, to name predictions outside the dataset's.
-        errors: how many mistakes to keep (the most confident first).
+        max_mistakes: how many mistakes to keep (the most confident first).
     """
     import numpy as np
 
@@ -192,7 +184,7 @@ def compute_metrics(
     mistakes = tuple(
         Mistake(paths[i], class_names[true[i]], labels[int(predicted[i])].name,
                 float(probs[i, predicted[i]]))
-        for i in wrong[:errors])
+        for i in wrong[:max_mistakes])
     return {"images": count, "top1": float(correct.mean()) if count else 0.0, "top5": top5,
             "classes": tuple(scores), "columns": tuple(columns),
             "confusion": tuple(tuple(int(v) for v in row) for row in confusion),
@@ -205,7 +197,7 @@ def evaluate_files(
     *,
     batch_size: int = 32,
     resize: ResizeMode = ResizeMode.crop,
-    errors: int = 10,
+    max_mistakes: int = 10,
     progress: bool = True,
     on_failure: FailureHandler | None = None,
 ) -> Evaluation:
@@ -246,7 +238,8 @@ def evaluate_files(
         raise DatasetError(f"None of the {len(data.paths)} images in {data.root} could be read.")
     probs = np.concatenate(rows)
     metrics = compute_metrics(true, probs, paths, class_names=data.class_names,
-                              class_outputs=class_outputs, labels=loaded.labels, errors=errors)
+                              class_outputs=class_outputs, labels=loaded.labels,
+                              max_mistakes=max_mistakes)
     return Evaluation(model=loaded.source, dataset=data.root, failures=tuple(failures),
                       seconds=time.perf_counter() - started, **metrics)
 
@@ -257,7 +250,7 @@ def evaluate_folder(
     *,
     batch_size: int = 32,
     resize: ResizeMode = ResizeMode.crop,
-    errors: int = 10,
+    max_mistakes: int = 10,
     progress: bool = True,
     on_failure: FailureHandler | None = None,
 ) -> Evaluation:
@@ -265,12 +258,13 @@ def evaluate_folder(
 
     Raises:
         DatasetError: a bad dataset layout, or folders that match none of the model's classes.
-        UsageError: `errors` is negative, or the model has no classifier.
+        UsageError: `max_mistakes` is negative, or the model has no classifier.
     """
-    if errors < 0:
-        raise UsageError(f"--errors must be 0 or more; got {errors}.")
+    if max_mistakes < 0:
+        raise UsageError(f"--errors must be 0 or more; got {max_mistakes}.")
     data = scan_class_folders(data_dir)
-    return evaluate_files(data, loaded, batch_size=batch_size, resize=resize, errors=errors,
+    return evaluate_files(data, loaded, batch_size=batch_size, resize=resize,
+                          max_mistakes=max_mistakes,
                           progress=progress, on_failure=on_failure)
 
 

@@ -97,7 +97,7 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
     parse_precision(options.precision)
     weights = options.weights.strip()
     if weights.lower().endswith(".keras"):
-        path = _existing(weights)
+        path = existing_weights_file(weights)
         device = apply_device(request)
         policy = precision_policy(options.precision, device)
         loaded = load_saved_model(path)
@@ -112,9 +112,7 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
 
     spec = get_spec(options.model)
     pooling = validate_pooling(options.pooling, include_top=options.include_top)
-    size = options.image_size or spec.default_size
-    if size < spec.min_size:
-        raise UsageError(f"--image-size must be at least {spec.min_size}; got {size}.")
+    size = resolve_image_size(spec, options.image_size)
     kind = weights.lower()
     if kind == "imagenet" and options.include_top and size != spec.default_size:
         raise UsageError(
@@ -131,7 +129,7 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
     elif kind in ("none", ""):
         source = f"{spec.name} (random weights)"
     else:
-        weights_path = _existing(weights)
+        weights_path = existing_weights_file(weights)
         source = f"{spec.name} ({weights_path})"
 
     device = apply_device(request)
@@ -247,13 +245,30 @@ def _load_weights(model: Any, path: Path, spec: ModelSpec) -> None:
         ) from exc
 
 
-def _existing(weights: str) -> Path:
+def existing_weights_file(weights: str) -> Path:
+    """The file `--weights` names (a weights file or a `.keras` model).
+
+    Raises:
+        UsageError: no such file.
+    """
     path = Path(weights).expanduser()
     if not path.is_file():
         raise UsageError(
             f"--weights: no such file '{weights}'. Use imagenet, none, or a weights/.keras file."
         )
     return path
+
+
+def resolve_image_size(spec: ModelSpec, image_size: int | None) -> int:
+    """`image_size`, or the variant's default when None.
+
+    Raises:
+        UsageError: smaller than the variant's minimum.
+    """
+    size = image_size or spec.default_size
+    if size < spec.min_size:
+        raise UsageError(f"--image-size must be at least {spec.min_size}; got {size}.")
+    return size
 
 
 def load_saved_model(path: Path) -> LoadedModel:
@@ -349,6 +364,59 @@ def find_backbone(model: Any) -> Any:
     if nested:
         return max(nested, key=lambda layer: len(layer.layers))
     return model
+
+
+def load_backbone_weights(backbone: Any, spec: ModelSpec, weights: str, *,
+                          progress: bool | None = None) -> str:
+    """Load ImageNet weights, a weights file (of the variant, with or without its classifier)
+    or the backbone of an earlier finetuned `.keras` model into `backbone` (built without
+    top); returns a description of what was loaded.
+
+    Raises:
+        UsageError: no such file.
+        WeightsError / ModelFileError: weights that cannot be found or do not fit.
+    """
+    if weights.lower() == "imagenet":
+        path = load_imagenet_weights(imagenet_weights_file(spec, include_top=False),
+                                     progress=progress)
+        _load_weights(backbone, path, spec)
+        return f"imagenet ({path.name})"
+    path = existing_weights_file(weights)
+    if path.name.endswith(".keras"):
+        source = load_saved_model(path).model
+        copied = _copy_by_name(find_backbone(source), backbone)
+        if not copied:
+            raise ModelFileError(f"{path} has no layer of {spec.name}'s backbone to start from.")
+        return f"{path} ({copied} layers)"
+    try:
+        _load_weights(backbone, path, spec)
+        return str(path)
+    except WeightsError:
+        log.debug("%s is not a backbone-only weights file; trying with the classifier", path)
+    full = build_model(spec, include_top=True, image_size=backbone.input_shape[1])
+    try:
+        _load_weights(full, path, spec)
+    except WeightsError as exc:
+        reason = first_line(exc.__cause__ or exc)
+        raise WeightsError(f"{path} does not fit {spec.name} (with or without its "
+                           f"classifier): {reason}") from exc
+    return f"{path} ({_copy_by_name(full, backbone)} layers)"
+
+
+def _copy_by_name(source: Any, target: Any) -> int:
+    """Copy weights between layers of the same name and shapes; returns how many layers."""
+    by_name = {layer.name: layer for layer in source.layers}
+    copied = 0
+    for layer in target.layers:
+        src = by_name.get(layer.name)
+        if src is None or not layer.weights:
+            continue
+        values = src.get_weights()
+        if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
+            continue
+        layer.set_weights(values)
+        copied += 1
+    return copied
 
 
 def build_feature_model(loaded: LoadedModel, *, pooling: str | None = "avg",

@@ -154,7 +154,7 @@ def test_compute_metrics_by_hand():
     labels = build_labels(["a", "b", "c", "d", "e", "f"])
     result = compute_metrics([0, 0, 1, 1], probs, ["p0", "p1", "p2", "p3"],
                              class_names=["a", "b"], class_outputs=[0, 1], labels=labels,
-                             errors=5)
+                             max_mistakes=5)
     assert result["top1"] == 0.5
     assert result["top5"] == 1.0
     assert result["columns"] == ("a", "b", OTHER)

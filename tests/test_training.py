@@ -11,43 +11,20 @@ import csv
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+from conftest import CLASS_COLORS as COLORS
+from conftest import write_class_dataset as write_dataset
 from PIL import Image
 
 from resnet_cli.cli import app
-from resnet_cli.datasets import (
-    DecodedImages,
-    make_dataset,
-    scan_class_folders,
-    split_stratified,
-)
-from resnet_cli.errors import DatasetError
 from resnet_cli.registry import get_spec
-from resnet_cli.training import (
-    FinetuneOptions,
-    TrainingInterrupted,
-    block_prefixes,
-    finetune,
-    parse_unfreeze,
-)
+from resnet_cli.training import FinetuneOptions, TrainingInterrupted, finetune
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though the:UserWarning")
 
-COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
 TINY_RUN = ["--weights", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "4"]
-
-
-def write_dataset(root: Path, per_class: int = 4) -> Path:
-    """One folder per class of noisy, differently coloured real PNGs (40x36)."""
-    for i, (name, color) in enumerate(COLORS.items()):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for j in range(per_class):
-            noise = np.random.default_rng(10 * i + j).normal(0, 25, (36, 40, 3))
-            pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, "RGB").save(folder / f"{j}.png")
-    return root
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -209,6 +186,51 @@ def test_pretrained_two_phases_keep_batchnorm_statistics_and_frozen_blocks(tmp_p
     assert same("conv5_block3_3_bn")  # BatchNorm frozen: inference mode, statistics kept
 
 
+def test_starting_points_with_classifier_or_from_a_finetuned_model(tmp_path,
+                                                                   tiny_classifier_factory):
+    """--weights: a full classifier's weights file, or an earlier run's .keras model, gives
+    the backbone its layers; a file of another variant is one WeightsError."""
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from resnet_cli.errors import WeightsError
+    from resnet_cli.models import build_model, load_backbone_weights
+    from resnet_cli.training import build_classifier
+
+    spec = get_spec("resnet50")
+    path, full = tiny_classifier_factory("resnet50")
+    legacy = tmp_path / "published_layout.h5"  # layer by layer: the backbone alone fails
+    with h5py.File(legacy, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, full)
+    for weights, expected in ((path, str(path)),
+                              (legacy, f"{legacy} ({sum(1 for x in full.layers if x.weights) - 1}"
+                                       " layers)")):
+        backbone = build_model(spec, include_top=False, image_size=64)
+        assert load_backbone_weights(backbone, spec, str(weights), progress=False) == expected
+        for name in ("conv1_conv", "conv5_block3_3_bn"):
+            for ours, theirs in zip(backbone.get_layer(name).get_weights(),
+                                    full.get_layer(name).get_weights(), strict=True):
+                np.testing.assert_array_equal(ours, theirs)
+
+    keras.utils.set_random_seed(4)
+    earlier, earlier_backbone = build_classifier(spec, 3, 32, pretrained=True)
+    earlier.save(tmp_path / "model.keras")
+    fresh = build_model(spec, include_top=False, image_size=32)
+    described = load_backbone_weights(fresh, spec, str(tmp_path / "model.keras"),
+                                      progress=False)
+    layers = sum(1 for x in fresh.layers if x.weights)
+    assert described == f"{tmp_path / 'model.keras'} ({layers} layers)"
+    for ours, theirs in zip(fresh.get_weights(), earlier_backbone.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+    other = get_spec("resnet50v2")
+    with pytest.raises(WeightsError, match="does not fit resnet50v2 \\(with or without its "
+                                           "classifier\\)") as info:
+        load_backbone_weights(build_model(other, include_top=False, image_size=64), other,
+                              str(path), progress=False)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.slow
 def test_graph_mode_cli_run(tmp_path, runner):
     import tensorflow as tf
@@ -264,84 +286,3 @@ def test_dataset_and_option_errors_are_one_line(tmp_path, runner, monkeypatch, l
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
-
-
-def test_classes_mismatch_says_what_was_found(tmp_path):
-    data = write_dataset(tmp_path / "data")
-    with pytest.raises(DatasetError, match=r"^--classes 4 but .* has 3 class folders: "
-                                           r"cat, dog, fox\.$"):
-        scan_class_folders(data, classes=4)
-
-
-def test_validation_folder_must_use_training_classes(tmp_path):
-    data = write_dataset(tmp_path / "data")
-    val = tmp_path / "val"
-    (val / "dog").mkdir(parents=True)
-    Image.new("RGB", (8, 8)).save(val / "dog" / "a.png")
-    found = scan_class_folders(val, known_classes=("cat", "dog", "fox"))
-    assert found.labels == (1,) and found.class_names == ("cat", "dog", "fox")
-    (val / "zebra").mkdir()
-    Image.new("RGB", (8, 8)).save(val / "zebra" / "z.png")
-    with pytest.raises(DatasetError, match="class folders the training data lacks: zebra"):
-        scan_class_folders(val, known_classes=scan_class_folders(data).class_names)
-
-
-# ----- building blocks --------------------------------------------------------------------
-
-def test_scan_sorts_classes_and_includes_nested_images_only(tmp_path):
-    data = write_dataset(tmp_path / "data", per_class=2)
-    (data / "dog" / "more").mkdir()
-    Image.new("RGB", (8, 8)).save(data / "dog" / "more" / "deep.jpg")
-    (data / "dog" / "readme.txt").write_text("x")
-    (data / ".cache").mkdir()
-    Image.new("RGB", (8, 8)).save(data / ".cache" / "hidden.png")
-    found = scan_class_folders(data)
-    assert found.class_names == ("cat", "dog", "fox")
-    assert found.counts() == [2, 3, 2]
-    assert str(data / "dog" / "more" / "deep.jpg") in found.paths
-
-
-def test_split_is_stratified_and_seeded(tmp_path):
-    found = scan_class_folders(write_dataset(tmp_path / "data", per_class=5))
-    train, val = split_stratified(found, 0.2, seed=1)
-    assert val.counts() == [1, 1, 1] and train.counts() == [4, 4, 4]
-    assert split_stratified(found, 0.2, seed=1) == (train, val)
-    others = {split_stratified(found, 0.2, seed=s)[1].paths for s in range(2, 8)}
-    assert len(others | {val.paths}) > 1
-    assert not set(train.paths) & set(val.paths)
-    _, nothing = split_stratified(found, 0.0, seed=1)
-    assert nothing.paths == ()
-
-
-def test_training_pipeline_order_depends_on_seed_and_epoch_only():
-    count = 10
-    images = np.repeat(np.arange(count, dtype=np.uint8), 4 * 4 * 3).reshape(count, 4, 4, 3)
-    source = DecodedImages(images, np.arange(count, dtype=np.int32) % 3,
-                           [f"{i}.png" for i in range(count)])
-
-    def order(epochs: tuple[int, int], seed: int = 7) -> list[int]:
-        dataset = make_dataset(source, num_classes=3, batch_size=4, preprocess_mode="tf",
-                               training=True, seed=seed, epochs=epochs)
-        # "tf" preprocessing maps v to v / 127.5 - 1: recover each image's index.
-        return [round((float(x[i, 0, 0, 0]) + 1) * 127.5)
-                for x, _ in dataset for i in range(x.shape[0])]
-
-    both = order((0, 2))
-    assert len(both) == 16  # 2 epochs of 10 // 4 = 2 full batches
-    assert order((1, 2)) == both[8:]  # a resumed run sees the epoch it would have seen
-    assert both[:8] != both[8:]
-    assert order((0, 2), seed=8) != both
-    evaluation = make_dataset(source, num_classes=3, batch_size=4, preprocess_mode="tf",
-                              training=False)
-    batches = list(evaluation)
-    assert [x.shape[0] for x, _ in batches] == [4, 4, 2]  # file order, nothing dropped
-    assert batches[0][1].shape == (4, 3)  # one-hot
-
-
-def test_unfreeze_counts_residual_blocks():
-    spec = get_spec("resnet50")
-    prefixes = block_prefixes(spec)
-    assert len(prefixes) == 16
-    assert prefixes[-2:] == ["conv5_block2_", "conv5_block3_"]
-    assert parse_unfreeze("ALL", spec) == "all" and parse_unfreeze("3", spec) == "3"
-    assert len(block_prefixes(get_spec("resnet152v2"))) == 50

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,18 +24,87 @@ from resnet_cli.cli.options import (
 from resnet_cli.images import ResizeMode
 from resnet_cli.registry import DEFAULT_MODEL
 from resnet_cli.render import make_console
+from resnet_cli.training.options import DEFAULTS, ClassWeight, FinetuneOptions, Strategy
 
-# ----- finetune / evaluate ------------------------------------------------------------------
+if TYPE_CHECKING:
+    from resnet_cli.training import EpochRecord
 
-def _choice(*choices: str):  # type: ignore[no-untyped-def]
-    """A callback accepting one of `choices` (any case), for plain-string options."""
-    def check(value: str | None) -> str | None:
-        if value is None:
-            return None
-        if value.lower() not in choices:
-            raise typer.BadParameter(f"'{value}' is not one of {', '.join(choices)}.")
-        return value.lower()
-    return check
+# Options of `finetune` only (shared ones come from cli.options). Their defaults are those of
+# FinetuneOptions (DEFAULTS), so each is written once.
+ClassesOpt = Annotated[int, typer.Option(
+    "--classes", "-n", min=2, metavar="N", show_default=False,
+    help="Number of classes; must equal the number of class folders in DATA_DIR.")]
+RunDirOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", metavar="RUN_DIR", file_okay=False,
+    help="Run folder for model.keras, config.json, labels.txt, history.csv, metrics.json "
+         "and checkpoints/. Default: runs/<data>-<model>-<date-time>.")]
+EpochsOpt = Annotated[int, typer.Option(
+    "--epochs", "-e", min=1, metavar="N",
+    help="Epochs of phase 1 (the new head on a frozen backbone), or of the whole network "
+         "with --weights none.")]
+LrOpt = Annotated[float, typer.Option(
+    "--lr", min=0.0, metavar="LR",
+    help="Peak learning rate of phase 1 (AdamW, warmup then cosine decay).")]
+ValSplitOpt = Annotated[float, typer.Option(
+    "--val-split", min=0.0, max=0.95, metavar="F",
+    help="Fraction of each class held out for validation (ignored with --val-dir).")]
+ValDirOpt = Annotated[Path | None, typer.Option(
+    "--val-dir", metavar="DIR", file_okay=False,
+    help="Validation images in the same folder-per-class layout, instead of a split.")]
+AugmentOpt = Annotated[bool, typer.Option(
+    "--augment/--no-augment",
+    help="Random flips, rotations (+-18 deg), zooms and shifts (10%) of training images.")]
+FlipOpt = Annotated[bool, typer.Option(
+    "--flip/--no-flip",
+    help="Include horizontal flips in --augment (turn off for digits, text, ...).")]
+FineTuneEpochsOpt = Annotated[int | None, typer.Option(
+    "--fine-tune-epochs", min=0, metavar="M",
+    help="Phase 2 epochs with the top of the backbone unfrozen. Default: half of --epochs "
+         "with pretrained weights, 0 with --weights none.")]
+FineTuneLrOpt = Annotated[float, typer.Option(
+    "--fine-tune-lr", min=0.0, metavar="LR", help="Peak learning rate of phase 2.")]
+UnfreezeOpt = Annotated[str, typer.Option(
+    "--unfreeze", metavar="all|K",
+    help="Phase 2 trains the whole backbone, or its top K residual blocks (16 in "
+         "resnet50). BatchNorm stays in inference mode either way.")]
+LabelSmoothingOpt = Annotated[float, typer.Option(
+    "--label-smoothing", min=0.0, max=0.99, metavar="F", help="Label smoothing.")]
+ClassWeightOpt = Annotated[ClassWeight, typer.Option(
+    "--class-weight", metavar="none|auto", case_sensitive=False,
+    help="auto: weigh each class's loss by the inverse of its frequency.")]
+WeightDecayOpt = Annotated[float, typer.Option(
+    "--weight-decay", min=0.0, metavar="W",
+    help="AdamW weight decay (not applied to biases and BatchNorm).")]
+SeedOpt = Annotated[int, typer.Option(
+    "--seed", metavar="N", help="Seed of the split, the shuffling, the augmentation and "
+                                "the initial weights.")]
+KeepCheckpointsOpt = Annotated[int, typer.Option(
+    "--keep-checkpoints", min=0, metavar="K",
+    help="Per-epoch checkpoints kept (the newest K; 0 keeps all).")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue the run in -o RUN_DIR from its last completed epoch, with "
+                     "its optimizer state.")]
+RunOverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace the run in -o RUN_DIR.")]
+MixedPrecisionOpt = Annotated[bool, typer.Option(
+    "--mixed-precision", help="float16 compute on GPUs (Keras mixed_float16, with loss "
+                              "scaling); ignored on CPUs.")]
+StrategyOpt = Annotated[Strategy, typer.Option(
+    "--strategy", metavar="auto|mirrored|multiworker", case_sensitive=False,
+    help="mirrored: all GPUs of this machine; multiworker: several machines, from "
+         "TF_CONFIG; auto: mirrored when more than one GPU is visible.")]
+
+# Parameters of `finetune` named differently from the FinetuneOptions field they fill.
+_RENAMED = {"output": "run_dir"}
+
+
+def _finetune_options(ctx: typer.Context) -> FinetuneOptions:
+    """FinetuneOptions from the command's parameters, field by field (paths as text)."""
+    params = {_RENAMED.get(name, name): value for name, value in ctx.params.items()}
+    fields = {field.name for field in dataclasses.fields(FinetuneOptions)}
+    values: dict[str, Any] = {name: str(value) if isinstance(value, Path) else value
+                              for name, value in params.items() if name in fields}
+    return FinetuneOptions(**values)
 
 
 def _explicit_options(ctx: typer.Context) -> frozenset[str]:
@@ -47,77 +117,32 @@ def _explicit_options(ctx: typer.Context) -> frozenset[str]:
 def finetune(
     ctx: typer.Context,
     data_dir: DataDirArg,
-    classes: Annotated[int, typer.Option(
-        "--classes", "-n", min=2, metavar="N", show_default=False,
-        help="Number of classes; must equal the number of class folders in DATA_DIR.")],
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", metavar="RUN_DIR", file_okay=False,
-        help="Run folder for model.keras, config.json, labels.txt, history.csv, metrics.json "
-             "and checkpoints/. Default: runs/<data>-<model>-<date-time>.")] = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    weights: WeightsOpt = "imagenet",
-    image_size: ImageSizeOpt = None,
-    epochs: Annotated[int, typer.Option(
-        "--epochs", "-e", min=1, metavar="N",
-        help="Epochs of phase 1 (the new head on a frozen backbone), or of the whole network "
-             "with --weights none.")] = 10,
-    batch_size: BatchSizeOpt = 32,
-    lr: Annotated[float, typer.Option(
-        "--lr", min=0.0, metavar="LR",
-        help="Peak learning rate of phase 1 (AdamW, warmup then cosine decay).")] = 1e-3,
-    val_split: Annotated[float, typer.Option(
-        "--val-split", min=0.0, max=0.95, metavar="F",
-        help="Fraction of each class held out for validation (ignored with --val-dir).")] = 0.2,
-    val_dir: Annotated[Path | None, typer.Option(
-        "--val-dir", metavar="DIR", file_okay=False,
-        help="Validation images in the same folder-per-class layout, instead of a split.")
-    ] = None,
-    augment: Annotated[bool, typer.Option(
-        "--augment/--no-augment",
-        help="Random flips, rotations (+-18 deg), zooms and shifts (10%) of training images.")
-    ] = True,
-    flip: Annotated[bool, typer.Option(
-        "--flip/--no-flip",
-        help="Include horizontal flips in --augment (turn off for digits, text, ...).")] = True,
-    fine_tune_epochs: Annotated[int | None, typer.Option(
-        "--fine-tune-epochs", min=0, metavar="M",
-        help="Phase 2 epochs with the top of the backbone unfrozen. Default: half of --epochs "
-             "with pretrained weights, 0 with --weights none.")] = None,
-    fine_tune_lr: Annotated[float, typer.Option(
-        "--fine-tune-lr", min=0.0, metavar="LR", help="Peak learning rate of phase 2.")] = 1e-5,
-    unfreeze: Annotated[str, typer.Option(
-        "--unfreeze", metavar="all|K",
-        help="Phase 2 trains the whole backbone, or its top K residual blocks (16 in "
-             "resnet50). BatchNorm stays in inference mode either way.")] = "all",
-    label_smoothing: Annotated[float, typer.Option(
-        "--label-smoothing", min=0.0, max=0.99, metavar="F", help="Label smoothing.")] = 0.1,
-    class_weight: Annotated[str, typer.Option(
-        "--class-weight", metavar="none|auto", callback=_choice("none", "auto"),
-        help="auto: weigh each class's loss by the inverse of its frequency.")] = "none",
-    weight_decay: Annotated[float, typer.Option(
-        "--weight-decay", min=0.0, metavar="W",
-        help="AdamW weight decay (not applied to biases and BatchNorm).")] = 0.05,
-    seed: Annotated[int, typer.Option(
-        "--seed", metavar="N", help="Seed of the split, the shuffling, the augmentation and "
-                                    "the initial weights.")] = 0,
-    resize: ResizeOpt = ResizeMode.crop,
-    keep_checkpoints: Annotated[int, typer.Option(
-        "--keep-checkpoints", min=0, metavar="K",
-        help="Per-epoch checkpoints kept (the newest K; 0 keeps all).")] = 1,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in -o RUN_DIR from its last completed epoch, with "
-                         "its optimizer state.")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace the run in -o RUN_DIR.")] = False,
-    mixed_precision: Annotated[bool, typer.Option(
-        "--mixed-precision", help="float16 compute on GPUs (Keras mixed_float16, with loss "
-                                  "scaling); ignored on CPUs.")] = False,
-    strategy: Annotated[str, typer.Option(
-        "--strategy", metavar="auto|mirrored|multiworker",
-        callback=_choice("auto", "mirrored", "multiworker"),
-        help="mirrored: all GPUs of this machine; multiworker: several machines, from "
-             "TF_CONFIG; auto: mirrored when more than one GPU is visible.")] = "auto",
-    device: DeviceOpt = "auto",
+    classes: ClassesOpt,
+    output: RunDirOpt = None,
+    model: ModelOpt = DEFAULTS.model,
+    weights: WeightsOpt = DEFAULTS.weights,
+    image_size: ImageSizeOpt = DEFAULTS.image_size,
+    epochs: EpochsOpt = DEFAULTS.epochs,
+    batch_size: BatchSizeOpt = DEFAULTS.batch_size,
+    lr: LrOpt = DEFAULTS.lr,
+    val_split: ValSplitOpt = DEFAULTS.val_split,
+    val_dir: ValDirOpt = None,
+    augment: AugmentOpt = DEFAULTS.augment,
+    flip: FlipOpt = DEFAULTS.flip,
+    fine_tune_epochs: FineTuneEpochsOpt = DEFAULTS.fine_tune_epochs,
+    fine_tune_lr: FineTuneLrOpt = DEFAULTS.fine_tune_lr,
+    unfreeze: UnfreezeOpt = DEFAULTS.unfreeze,
+    label_smoothing: LabelSmoothingOpt = DEFAULTS.label_smoothing,
+    class_weight: ClassWeightOpt = DEFAULTS.class_weight,
+    weight_decay: WeightDecayOpt = DEFAULTS.weight_decay,
+    seed: SeedOpt = DEFAULTS.seed,
+    resize: ResizeOpt = DEFAULTS.resize,
+    keep_checkpoints: KeepCheckpointsOpt = DEFAULTS.keep_checkpoints,
+    resume: ResumeOpt = DEFAULTS.resume,
+    overwrite: RunOverwriteOpt = DEFAULTS.overwrite,
+    mixed_precision: MixedPrecisionOpt = DEFAULTS.mixed_precision,
+    strategy: StrategyOpt = DEFAULTS.strategy,
+    device: DeviceOpt = DEFAULTS.device,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a classifier for your own classes (transfer learning, or from scratch).
@@ -133,27 +158,17 @@ def finetune(
     Example: resnet finetune data/ --classes 10 -o runs/pets --epochs 5
     """
     from resnet_cli.render.training import epoch_line, render_finetune
-    from resnet_cli.training import FinetuneOptions
     from resnet_cli.training import finetune as run_finetune
 
     err = make_console(stderr=True)
 
-    def on_epoch(record, total: int) -> None:  # type: ignore[no-untyped-def]
+    def on_epoch(record: EpochRecord, total: int) -> None:
         if not quiet:
             err.print(epoch_line(record, total), markup=False)
 
-    options = FinetuneOptions(
-        data_dir=str(data_dir), classes=classes, run_dir=str(output) if output else None,
-        model=model, weights=weights, image_size=image_size, epochs=epochs,
-        batch_size=batch_size, lr=lr, val_split=val_split,
-        val_dir=str(val_dir) if val_dir else None, augment=augment, flip=flip,
-        fine_tune_epochs=fine_tune_epochs, fine_tune_lr=fine_tune_lr, unfreeze=unfreeze,
-        label_smoothing=label_smoothing, class_weight=class_weight, weight_decay=weight_decay,
-        seed=seed, resize=resize.value, keep_checkpoints=keep_checkpoints, resume=resume,
-        overwrite=overwrite, mixed_precision=mixed_precision, strategy=strategy, device=device)
     with user_errors():
-        result = run_finetune(options, explicit=_explicit_options(ctx), progress=not quiet,
-                              on_epoch=on_epoch, on_warning=print_warning)
+        result = run_finetune(_finetune_options(ctx), explicit=_explicit_options(ctx),
+                              progress=not quiet, on_epoch=on_epoch, on_warning=print_warning)
     render_finetune(result, make_console())
 
 
@@ -186,7 +201,7 @@ def evaluate(
     """
     from resnet_cli.evaluate import card_resize, evaluate_folder
     from resnet_cli.models import ModelOptions, load_model
-    from resnet_cli.render.training import render_evaluation, write_evaluation_json
+    from resnet_cli.render.evaluate import render_evaluation, write_evaluation_json
 
     failures = FailureReporter()
     with user_errors():
@@ -196,7 +211,7 @@ def evaluate(
         loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
                                          device=device), progress=not quiet)
         result = evaluate_folder(str(data_dir), loaded, batch_size=batch_size,
-                                 resize=resize or card_resize(loaded), errors=errors,
+                                 resize=resize or card_resize(loaded), max_mistakes=errors,
                                  progress=not quiet, on_failure=failures)
     if fmt is ReportFormat.json:
         write_evaluation_json(result, sys.stdout)

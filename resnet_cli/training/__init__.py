@@ -1,0 +1,54 @@
+"""`resnet finetune`: train a ResNet classifier on a folder-per-class dataset.
+
+The recipe is the one of Keras' transfer-learning guide (see `head`): with pretrained weights
+a new head trains on the frozen backbone, then the top of the backbone is unfrozen at a low
+learning rate; with `--weights none` the whole network trains from the start.
+
+A run folder holds `model.keras` (the whole model, taking preprocessed input like the Keras
+applications), `config.json` (every resolved option, package versions and the model card that
+`classify`, `extract`, `summary` and `evaluate` read), `labels.txt`, `history.csv`,
+`metrics.json` and `checkpoints/` (the last epoch's model with its optimizer state, for
+`--resume`).
+
+Modules: `options` (what was asked, checked without TensorFlow), `run_folder` (the files of a
+run), `head` (the classifier and each phase's optimizer), `distribute` (strategies),
+`callback` (the per-epoch Keras callback) and `loop` (`finetune()` itself).
+"""
+
+from __future__ import annotations
+
+from resnet_cli.training.distribute import is_chief, make_strategy
+from resnet_cli.training.head import block_prefixes, build_classifier, set_trainable
+from resnet_cli.training.loop import FinetuneResult, TrainingInterrupted, finetune
+from resnet_cli.training.options import (
+    DEFAULTS,
+    ClassWeight,
+    FinetuneOptions,
+    Phase,
+    Strategy,
+    parse_unfreeze,
+    phase_plan,
+    resolve_options,
+)
+from resnet_cli.training.run_folder import EpochRecord, read_history
+
+__all__ = [
+    "DEFAULTS",
+    "ClassWeight",
+    "EpochRecord",
+    "FinetuneOptions",
+    "FinetuneResult",
+    "Phase",
+    "Strategy",
+    "TrainingInterrupted",
+    "block_prefixes",
+    "build_classifier",
+    "finetune",
+    "is_chief",
+    "make_strategy",
+    "parse_unfreeze",
+    "phase_plan",
+    "read_history",
+    "resolve_options",
+    "set_trainable",
+]

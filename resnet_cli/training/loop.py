@@ -1,0 +1,447 @@
+"""`finetune()`: load the data, build or restore the model, train each phase, write the run.
+
+The steps are named functions over one `_Run` record: `_scan` and `_decode` (the data),
+`_start_runtime` (device and strategy), `_open_run` (the run folder and config.json),
+`_train` (build or restore, then `_fit_phase` for each phase), `_evaluate` and
+`_write_results`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resnet_cli.datasets import (
+    ClassFolders,
+    DecodedImages,
+    ImageSource,
+    StreamedImages,
+    decode_all,
+    fits_in_memory,
+    make_augmenter,
+    make_dataset,
+    scan_class_folders,
+    source_labels,
+    source_size,
+    split_stratified,
+)
+from resnet_cli.errors import DatasetError, ImageError, ResnetCliError
+from resnet_cli.evaluate import Evaluation, evaluate_files
+from resnet_cli.models import (
+    CARD_FILENAME,
+    ModelCard,
+    dtype_policy,
+    load_backbone_weights,
+    model_card_dict,
+)
+from resnet_cli.outputs import atomic_path
+from resnet_cli.registry import ModelSpec, get_spec
+from resnet_cli.training.callback import epoch_callback
+from resnet_cli.training.distribute import is_chief, make_strategy
+from resnet_cli.training.head import (
+    DROPOUT,
+    SCRATCH_BN_MOMENTUM,
+    build_classifier,
+    compile_phase,
+    inference_copy,
+    restore_phase,
+    set_trainable,
+)
+from resnet_cli.training.options import (
+    ClassWeight,
+    FinetuneOptions,
+    Phase,
+    phase_plan,
+    resolve_options,
+)
+from resnet_cli.training.run_folder import (
+    CHECKPOINT_DIR,
+    EpochRecord,
+    RunBook,
+    check_same_dataset,
+    now,
+    prepare_run_dir,
+    read_history,
+    run_config,
+    write_json,
+    write_labels,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(ResnetCliError):
+    """Ctrl-C during training; the last completed epoch's checkpoint is kept."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """A finished run: where it is, what it trained on, how it went."""
+
+    run_dir: str
+    model_path: str
+    class_names: tuple[str, ...]
+    train_images: int
+    val_images: int
+    skipped: tuple[ImageError, ...]
+    history: tuple[EpochRecord, ...]
+    metrics: Evaluation | None
+    seconds: float  # training time of this invocation (fit calls, checkpoints included)
+    resumed_from: int | None = None
+    total_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class _Splits:
+    """The dataset, split into training and validation images."""
+
+    data: ClassFolders
+    train: ClassFolders
+    val: ClassFolders
+    val_source: str  # how the validation images were chosen, for config.json
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The images as training reads them, and the batch set-up they allow."""
+
+    splits: _Splits
+    train: ImageSource
+    val: ImageSource | None
+    skipped: list[ImageError]
+    batch: int
+    steps: int
+    class_weights: list[float] | None
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    device: str
+    strategy: Any  # tf.distribute.Strategy
+    on_gpu: bool
+    jit: Any  # "auto" or False
+
+
+@dataclass
+class _Run:
+    """Everything one invocation of `finetune()` works with."""
+
+    opts: FinetuneOptions
+    spec: ModelSpec
+    data: _Data
+    runtime: _Runtime
+    state: dict[str, Any] | None  # checkpoints/state.json of a resumed run
+    phases: list[Phase]
+    card: ModelCard
+    config: dict[str, Any]
+    book: RunBook
+    chief: bool
+    done: int  # epochs completed
+    augment: Callable[[Any], Any] | None
+    val_ds: Any
+
+    @property
+    def run_dir(self) -> Path:
+        return self.book.run_dir
+
+    @property
+    def write_dir(self) -> Path:
+        return self.book.write_dir
+
+
+def finetune(
+    options: FinetuneOptions,
+    *,
+    explicit: frozenset[str] = frozenset(),
+    progress: bool = True,
+    on_epoch: Callable[[EpochRecord, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """Train a classifier on a folder-per-class dataset and write a run folder.
+
+    Args:
+        explicit: option names given on the command line; with `resume`, those that define
+            the run must match the stored run.
+        on_epoch: called with (record, total epochs) after each epoch, once its checkpoint
+            is saved.
+        on_warning: receives warnings (skipped images, ...); default: the logging module.
+
+    Raises:
+        UsageError, DatasetError, OutputError, WeightsError, ModelFileError, DeviceError: see
+            their messages; TrainingInterrupted on Ctrl-C.
+    """
+    warn = on_warning or log.warning
+    opts = resolve_options(options)
+    opts, state = prepare_run_dir(opts, explicit)
+    if state is not None:
+        opts = resolve_options(dataclasses.replace(opts, resume=True))
+    splits = _scan(opts)
+    if state is not None:
+        check_same_dataset(Path(str(opts.run_dir)), splits.data, warn)
+    runtime = _start_runtime(opts)
+    data = _decode(opts, splits, progress=progress, warn=warn)
+    run = _open_run(opts, data, runtime, state, on_epoch)
+    try:
+        final, seconds = _train(run, progress=progress, warn=warn)
+    except KeyboardInterrupt:
+        last = run.book.last_checkpoint()
+        where = f"{last} holds the last completed epoch" if last else "no epoch was completed"
+        raise TrainingInterrupted(
+            f"Interrupted: {where}. Continue with: resnet finetune {opts.data_dir} --classes "
+            f"{opts.classes} -o {run.run_dir} --resume") from None
+    metrics = _evaluate(run, final, progress=progress)
+    _write_results(run, final, metrics, seconds)
+    return FinetuneResult(
+        run_dir=str(run.run_dir), model_path=str(run.run_dir / "model.keras"),
+        class_names=splits.data.class_names, train_images=source_size(data.train),
+        val_images=source_size(data.val) if data.val else 0, skipped=tuple(data.skipped),
+        history=tuple(run.book.history), metrics=metrics, seconds=seconds,
+        resumed_from=int(state["epoch"]) if state is not None else None,
+        total_epochs=run.phases[-1].end)
+
+
+# ----- data -------------------------------------------------------------------------------
+
+def _scan(opts: FinetuneOptions) -> _Splits:
+    data = scan_class_folders(opts.data_dir, classes=opts.classes)
+    if opts.val_dir:
+        val = scan_class_folders(opts.val_dir, known_classes=data.class_names)
+        return _Splits(data, data, val, opts.val_dir)
+    train, val = split_stratified(data, opts.val_split, opts.seed)
+    return _Splits(data, train, val,
+                   f"{opts.val_split:g} of {opts.data_dir} (stratified, seed {opts.seed})")
+
+
+def _decode(opts: FinetuneOptions, splits: _Splits, *, progress: bool,
+            warn: Callable[[str], None]) -> _Data:
+    """Decode (or prepare to stream) both splits; size the batches."""
+    skipped: list[ImageError] = []
+
+    def skip(error: ImageError) -> None:
+        skipped.append(error)
+        warn(f"skipping {error.path}: {error.reason}")
+
+    train = _load_source(splits.train, opts, progress, skip, "decoding train")
+    val = (_load_source(splits.val, opts, progress, skip, "decoding val")
+           if splits.val.paths else None)
+    count = source_size(train)
+    if isinstance(train, DecodedImages):
+        present = set(source_labels(train))
+        missing = [name for i, name in enumerate(splits.data.class_names) if i not in present]
+        if missing:
+            raise DatasetError(f"No readable training image left for class "
+                               f"{', '.join(missing)} after skipping unreadable files.")
+    batch = opts.batch_size
+    if count < batch:
+        warn(f"only {count} training images: using batches of {count} instead of {batch}")
+        batch = count
+    class_weights = (_balanced_weights(source_labels(train), len(splits.data.class_names))
+                     if opts.class_weight is ClassWeight.auto else None)
+    return _Data(splits, train, val, skipped, batch, max(1, count // batch), class_weights)
+
+
+def _load_source(data: ClassFolders, opts: FinetuneOptions, progress: bool,
+                 skip: Callable[[ImageError], None], desc: str) -> ImageSource:
+    size = int(opts.image_size or 0)
+    if fits_in_memory(len(data.paths), size, opts.memory_budget):
+        decoded = decode_all(data, size=size, resize=opts.resize, progress=progress, desc=desc,
+                             on_failure=skip)
+        if not decoded.paths:
+            raise DatasetError(f"None of the {len(data.paths)} images in {data.root} could be "
+                               "read.")
+        return decoded
+    log.info("%d images do not fit the memory budget: decoding them on the fly",
+             len(data.paths))
+    return StreamedImages(data, size, opts.resize, on_failure=skip)
+
+
+def _balanced_weights(labels: list[int], classes: int) -> list[float]:
+    """Balanced weights: n / (classes * n_c), so every class weighs the same in the loss."""
+    counts = [0] * classes
+    for label in labels:
+        counts[label] += 1
+    return [len(labels) / (classes * c) if c else 0.0 for c in counts]
+
+
+# ----- set-up -----------------------------------------------------------------------------
+
+def _start_runtime(opts: FinetuneOptions) -> _Runtime:
+    """Import TensorFlow, place the run on its device and strategy, seed everything."""
+    from resnet_cli.devices import apply_device, import_tensorflow, parse_device
+
+    import_tensorflow()
+    import keras
+
+    device = apply_device(parse_device(opts.device))
+    strategy = make_strategy(opts.strategy)
+    keras.utils.set_random_seed(opts.seed)
+    on_gpu = device.upper().startswith("/GPU")
+    # XLA on CPU only adds minutes of compile time.
+    return _Runtime(device, strategy, on_gpu, "auto" if on_gpu else False)
+
+
+def _open_run(opts: FinetuneOptions, data: _Data, runtime: _Runtime,
+              state: dict[str, Any] | None,
+              on_epoch: Callable[[EpochRecord, int], None] | None) -> _Run:
+    """Create the run folder's bookkeeping and config.json (written once the model is
+    built), labels.txt and the checkpoints' model card."""
+    spec = get_spec(opts.model)
+    run_dir = Path(str(opts.run_dir))
+    chief = is_chief()
+    write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="resnet-worker-"))
+    (write_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    phases = phase_plan(opts)
+    class_names = data.splits.data.class_names
+    card = ModelCard(base_model=spec.name, image_size=int(opts.image_size or 0),
+                     preprocess_mode=spec.preprocess_mode, class_names=list(class_names),
+                     extra={"resize": opts.resize.value, "run_dir": str(run_dir)})
+    done = int(state["epoch"]) if state is not None else 0
+    history = read_history(run_dir / "history.csv")[:done] if state is not None else []
+    book = RunBook(run_dir, write_dir, phases[-1].end, opts.keep_checkpoints, history, on_epoch)
+    config = run_config(opts, card, data.splits.data, _dataset_info(data),
+                        _training_info(opts, data, runtime))
+    if state is not None:
+        previous = json.loads((run_dir / CARD_FILENAME).read_text())
+        config["started"] = previous.get("started", config["started"])
+        config["resumed"] = [*previous.get("resumed", []), {"from_epoch": done, "at": now()}]
+    if chief:
+        write_labels(write_dir / "labels.txt", class_names)
+        write_json(write_dir / CHECKPOINT_DIR / CARD_FILENAME, model_card_dict(card))
+    augment = make_augmenter(opts.seed, flip=opts.flip) if opts.augment else None
+    val_ds = (make_dataset(data.val, num_classes=len(class_names), batch_size=data.batch,
+                           preprocess_mode=spec.preprocess_mode, training=False)
+              if data.val is not None else None)
+    return _Run(opts, spec, data, runtime, state, phases, card, config, book, chief, done,
+                augment, val_ds)
+
+
+def _dataset_info(data: _Data) -> dict[str, Any]:
+    return {"files": len(data.splits.data.paths), "train_images": source_size(data.train),
+            "val_images": source_size(data.val) if data.val else 0,
+            "validation": data.splits.val_source if data.splits.val.paths else None,
+            "in_memory": isinstance(data.train, DecodedImages)}
+
+
+def _training_info(opts: FinetuneOptions, data: _Data, runtime: _Runtime) -> dict[str, Any]:
+    return {"batch_size": data.batch, "steps_per_epoch": data.steps, "dropout": DROPOUT,
+            "batchnorm": "frozen, inference mode (pretrained)" if opts.pretrained else
+            f"training mode, momentum {SCRATCH_BN_MOMENTUM}",
+            "label_smoothing": opts.label_smoothing, "class_weights": data.class_weights,
+            "strategy": type(runtime.strategy).__name__,
+            "replicas": int(runtime.strategy.num_replicas_in_sync),
+            "device": runtime.device, "jit_compile": runtime.jit, "phases": []}
+
+
+# ----- training ---------------------------------------------------------------------------
+
+def _train(run: _Run, *, progress: bool, warn: Callable[[str], None]) -> tuple[Any, float]:
+    """Build or restore the model and train the phases left; returns the inference copy of
+    the trained model and the seconds spent."""
+    started = time.perf_counter()
+    mixed = run.opts.mixed_precision
+    policy = "mixed_float16" if mixed and run.runtime.on_gpu else "float32"
+    if mixed and not run.runtime.on_gpu:
+        # CPUs without native bfloat16 emulate half precision slower than float32.
+        warn("--mixed-precision needs a GPU; training in float32 on the CPU")
+    with dtype_policy(policy):
+        run.config["training"]["policy"] = policy
+        model, backbone, resumed_phase = _build(run, progress=progress)
+        if run.chief:
+            write_json(run.write_dir / CARD_FILENAME, run.config)
+        for phase in run.phases:
+            if phase.end > run.done:
+                _fit_phase(run, model, backbone, phase, resumed_phase, progress=progress)
+        seconds = time.perf_counter() - started
+        return inference_copy(model), seconds
+
+
+def _build(run: _Run, *, progress: bool) -> tuple[Any, Any, int]:
+    """The model and its backbone, with their starting weights: those of the checkpoint
+    when resuming (returning the phase it was in), else the pretrained ones (phase 0)."""
+    opts, config = run.opts, run.config
+    with run.runtime.strategy.scope():
+        model, backbone = build_classifier(run.spec, len(run.card.class_names),
+                                           run.card.image_size, pretrained=opts.pretrained)
+        if run.state is None:
+            config["weights_loaded"] = (
+                load_backbone_weights(backbone, run.spec, opts.weights, progress=progress)
+                if opts.pretrained else "none (random initialisation)")
+            return model, backbone, 0
+        current = next(p for p in run.phases if p.number == int(run.state["phase"]))
+        checkpoint = run.run_dir / CHECKPOINT_DIR / str(run.state["checkpoint"])
+        config["training"]["phases"].append(restore_phase(
+            model, backbone, run.spec, current, checkpoint, opts, run.data.steps,
+            run.runtime.jit))
+        config["weights_loaded"] = str(checkpoint)
+        return model, backbone, current.number
+
+
+def _fit_phase(run: _Run, model: Any, backbone: Any, phase: Phase, resumed_phase: int, *,
+               progress: bool) -> None:
+    """Train `phase` from the first epoch not done yet (compiling it unless it is the
+    restored one)."""
+    data = run.data
+    with run.runtime.strategy.scope():
+        if phase.number != resumed_phase:
+            set_trainable(model, backbone, run.spec, phase.trainable)
+            info = compile_phase(model, phase, run.opts, data.steps, jit=run.runtime.jit)
+            run.config["training"]["phases"].append(info)
+        first = max(run.done, phase.first)
+    train_ds = make_dataset(
+        data.train, num_classes=len(run.card.class_names), batch_size=data.batch,
+        preprocess_mode=run.spec.preprocess_mode, training=True, seed=run.opts.seed,
+        epochs=(first, phase.end), augment=run.augment, class_weights=data.class_weights)
+    callback = epoch_callback(run.book, phase, data.steps, progress=progress)
+    model.fit(train_ds, epochs=phase.end, initial_epoch=first, steps_per_epoch=data.steps,
+              validation_data=run.val_ds, callbacks=[callback], shuffle=False, verbose=0)
+    run.done = phase.end
+
+
+# ----- results ----------------------------------------------------------------------------
+
+def _evaluate(run: _Run, final: Any, *, progress: bool) -> Evaluation | None:
+    """The trained model's scores on the validation images (None without any)."""
+    val_set = run.data.splits.val
+    if not val_set.paths:
+        return None
+    from resnet_cli.labels import build_labels
+    from resnet_cli.models import LoadedModel
+
+    loaded = LoadedModel(model=final, spec=run.spec, image_size=run.card.image_size,
+                         preprocess_mode=run.spec.preprocess_mode,
+                         labels=build_labels(list(run.card.class_names)),
+                         source=str(run.run_dir / "model.keras"), device=run.runtime.device,
+                         card=run.card)
+    return evaluate_files(val_set, loaded, batch_size=run.data.batch, resize=run.opts.resize,
+                          progress=progress)
+
+
+def _write_results(run: _Run, final: Any, metrics: Evaluation | None, seconds: float) -> None:
+    """model.keras, metrics.json and the finished config.json (on the chief; other workers
+    remove their scratch folder)."""
+    if not run.chief:
+        shutil.rmtree(run.write_dir, ignore_errors=True)
+        return
+    with atomic_path(run.write_dir / "model.keras") as tmp:
+        final.save(tmp)
+    write_json(run.write_dir / "metrics.json", {
+        "val_accuracy": metrics.top1 if metrics else None,
+        "val_top5_accuracy": metrics.top5 if metrics else None,
+        **(metrics.to_dict() if metrics else {"note": "no validation images"})})
+    config = run.config
+    # Streamed images are only found unreadable during training.
+    config["dataset"]["skipped"] = [{"path": e.path, "error": e.reason}
+                                    for e in run.data.skipped]
+    config["finished"] = now()
+    config["training_seconds"] = round(seconds, 2)
+    write_json(run.write_dir / CARD_FILENAME, config)
