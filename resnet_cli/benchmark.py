@@ -28,7 +28,7 @@ from resnet_cli.photos import DEFAULT_PHOTO_SIZE, PHOTO_QUALITY, synthesize_phot
 if TYPE_CHECKING:
     import numpy as np
 
-    from resnet_cli.inference import FailureHandler, Predictor
+    from resnet_cli.inference import BatchPredictor, FailureHandler
 
 SYNTH_BATCHES = 4
 
@@ -172,6 +172,13 @@ def run_benchmark(options: BenchmarkOptions, *, progress: bool = True,
     import_tensorflow()
     if loaded is None:
         loaded = load_model(options.model, progress=progress)
+    if loaded.runtime != "keras" and options.baseline:  # an exported .tflite/.onnx file
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s is an exported file: there is no plain-Keras baseline to time; skipped.",
+            loaded.source)
+        options = replace(options, baseline=False)
     with _input_files(options, progress=progress) as (paths, described):
         inputs = _read_inputs(paths, options, loaded.image_size, on_failure)
         return _measure(options, loaded, inputs, described, progress=progress)
@@ -225,7 +232,7 @@ class _Setup:
     """The measurements, set up and warmed: name -> one run over every input."""
 
     runs: dict[str, Callable[[], None]]
-    predictor: Predictor
+    predictor: BatchPredictor
     compile_s: float
     precompiled: bool
     keras_first_s: float | None
@@ -278,7 +285,7 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, de
         policy=loaded.policy, device=loaded.device, batch_size=batch_size,
         image_size=loaded.image_size, inputs=described, input_count=images,
         compile_s=setup.compile_s, precompiled=setup.precompiled,
-        keras_first_s=setup.keras_first_s, trace_count=setup.predictor.trace_count,
+        keras_first_s=setup.keras_first_s, trace_count=getattr(setup.predictor, "trace_count", 0),
         timings=timings, ratios=_ratios(seconds), errors=inputs.errors,
         cpu_count=os.cpu_count() or 0, other_cpu=other_cpu,
     )
@@ -287,11 +294,11 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, de
 def _set_up(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, bar: Any, *,
             twin_needed: bool) -> _Setup:
     """Compile the model (timed), then the fp32 twin and the Keras baseline when asked for."""
-    from resnet_cli.inference import Predictor
+    from resnet_cli.inference import Predictor, make_predictor
 
     start = time.perf_counter()
-    predictor = Predictor(loaded, inputs.batch_size)  # folds BatchNorm, unless already compiled
-    precompiled = predictor.trace_count > 0
+    predictor = make_predictor(loaded, inputs.batch_size)  # folds BatchNorm, unless compiled
+    precompiled = getattr(predictor, "trace_count", 0) > 0
     predictor(inputs.ready)
     compile_s = time.perf_counter() - start
     bar.update(1)
@@ -320,7 +327,7 @@ def _set_up(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, bar
                   keras_first_s=keras_first_s)
 
 
-def _runs_of(model: LoadedModel, run: Predictor, inputs: _Inputs, resize: ResizeMode
+def _runs_of(model: LoadedModel, run: BatchPredictor, inputs: _Inputs, resize: ResizeMode
              ) -> tuple[Callable[[], None], Callable[[], None]]:
     """(model alone, classify) for one model: the two measurements every model gets."""
     from resnet_cli.classify import classify_images

@@ -205,9 +205,16 @@ def _write_features(
     from resnet_cli.models import build_feature_model, feature_layer, find_backbone
 
     out_dtype = np.dtype(dtype.value)
-    feature_model = build_feature_model(
-        loaded, pooling=None if pooling in (None, "none") else pooling, layer=layer)
-    row_shape = tuple(int(d) for d in feature_model.output_shape[1:])
+    feature_model: Any = None
+    if loaded.runtime != "keras":  # an exported backbone: the file's own features
+        from resnet_cli.runtimes import exported_features
+
+        row_shape, layer_name = exported_features(loaded, pooling=pooling, layer=layer)
+    else:
+        feature_model = build_feature_model(
+            loaded, pooling=None if pooling in (None, "none") else pooling, layer=layer)
+        row_shape = tuple(int(d) for d in feature_model.output_shape[1:])
+        layer_name = str(feature_layer(find_backbone(loaded.model), layer).name)
     failed = 0
 
     def fail(error: ImageError) -> None:
@@ -233,7 +240,7 @@ def _write_features(
         output=FeatureFile(path=output, index=index_path(output), rows=rows_written,
                            row_shape=row_shape, dtype=out_dtype.name),
         inputs=len(paths), failed=failed, seconds=seconds, source=loaded.source,
-        layer=str(feature_layer(find_backbone(loaded.model), layer).name),
+        layer=layer_name,
     )
 
 

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from resnet_cli.errors import ImageError
+from resnet_cli.errors import ImageError, UsageError
 from resnet_cli.folding import fold_batch_norm
 from resnet_cli.images import ResizeMode, load_image
 
@@ -120,6 +120,13 @@ def make_predictor(loaded: LoadedModel, batch_size: int, *, inputs: int | None =
     at `batch_size`, or fewer when there are only `inputs` images (batches are padded)."""
     if inputs is not None:
         batch_size = fitted_batch_size(batch_size, inputs)
+    if loaded.runtime != "keras":  # a file from `resnet export`: its own runtime, as it is
+        from resnet_cli.runtimes import make_runtime_predictor
+
+        if model is not None:
+            raise UsageError(f"{loaded.source} is an exported file: it computes only what it "
+                             "was exported for.")
+        return make_runtime_predictor(loaded, batch_size)
     return Predictor(loaded, batch_size, model=model, strategy=strategy)
 
 

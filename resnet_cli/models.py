@@ -81,6 +81,9 @@ class LoadedModel:
     device: str = "/CPU:0"
     card: ModelCard | None = None
     policy: str = "float32"  # Keras dtype policy it computes in: float32, mixed_bfloat16, ...
+    # What runs it: "keras", or for a file from `resnet export` "litert" / "onnx" (then
+    # `model` is that runtime's handle; see resnet_cli.runtimes).
+    runtime: str = "keras"
     # Compiled inference functions by (model, batch size, ...): see inference.Predictor.
     compiled: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -96,6 +99,8 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
     request = parse_device(options.device)
     parse_precision(options.precision)
     weights = options.weights.strip()
+    if _exported_runtime(weights) is not None:
+        return _load_exported(weights, options)
     if weights.lower().endswith(".keras"):
         path = existing_weights_file(weights)
         device = apply_device(request)
@@ -243,6 +248,23 @@ def _load_weights(model: Any, path: Path, spec: ModelSpec) -> None:
             f"(include_top={any(layer.name == 'predictions' for layer in model.layers)}): "
             f"{first_line(exc)}"
         ) from exc
+
+
+def _exported_runtime(weights: str) -> str | None:
+    from resnet_cli.runtimes import exported_runtime
+
+    return exported_runtime(weights)
+
+
+def _load_exported(weights: str, options: ModelOptions) -> LoadedModel:
+    """A file from `resnet export` (.tflite, .onnx): it runs on its own runtime, on the CPU,
+    and computes what it was exported for (the commands check it is what they need)."""
+    from resnet_cli.runtimes import load_exported
+
+    path = existing_weights_file(weights)
+    if options.precision != "fp32":
+        raise UsageError(f"{path} runs at the precision it was exported with; drop --precision.")
+    return load_exported(path, image_size=options.image_size)
 
 
 def existing_weights_file(weights: str) -> Path:

@@ -132,3 +132,44 @@ def atomic_open(path: Path, *, overwrite: bool = True, newline: str | None = Non
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; it becomes `path` when the block succeeds.
+
+    An existing folder at `path` (with `overwrite`) is moved aside and removed only once the
+    new one is in place, so a failed run leaves the old one as it was.
+    """
+    import shutil
+
+    if path.exists() and not overwrite:
+        raise OutputError(f"Output {path} already exists; pass --overwrite to replace it.")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"Output {path} is a file; expected a folder.")
+    check_output_folder(path)
+    with output_errors(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    old: Path | None = None
+    try:
+        with output_errors(path):
+            os.chmod(tmp, 0o777 & ~umask)
+            yield tmp
+            if path.exists():
+                if not overwrite:
+                    raise OutputError(f"Output {path} appeared while writing; not replacing it.")
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
+                                            dir=path.parent))
+                os.rename(path, old / path.name)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if old is not None:  # put the old one back
+                    os.rename(old / path.name, path)
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -125,7 +125,16 @@ def summarize(options: ModelOptions, *, layers: bool = False, progress: bool = T
 
 
 def summarize_loaded(loaded: LoadedModel, *, layers: bool = False) -> ModelSummary:
-    """Summarize an already loaded model."""
+    """Summarize an already loaded model.
+
+    Raises:
+        UsageError: an exported .tflite/.onnx file (it has no Keras layers to list).
+    """
+    if loaded.runtime != "keras":
+        from resnet_cli.errors import UsageError
+
+        raise UsageError(f"summary needs a Keras model; {loaded.source} is an exported "
+                         f"{loaded.runtime} file. Summarize the model it was exported from.")
     model = loaded.model
     flat, backbone = _flatten(model)
     infos = _layer_infos(flat)

@@ -1,0 +1,169 @@
+"""LiteRT (.tflite): float32, or full-integer int8 calibrated on the user's own images.
+
+The converter is TensorFlow's (`tf.lite.TFLiteConverter`, from the served model's concrete
+function): on TensorFlow 2.21 it still converts and quantizes Keras models, and its
+full-integer output runs on the XNNPACK int8 kernels of the `ai-edge-litert` runtime. With
+`int8`, weights are int8 per output channel and activations int8 per tensor, calibrated on a
+random sample of the given images read exactly as every command reads them; the input stays
+uint8 pixels (a cast inside the graph) and the output float32. The card is stored as the
+model's metadata entry `resnet_cli_export`, where `runtimes.litert` reads it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from resnet_cli.errors import ModelFileError, NoInputsError, UsageError
+from resnet_cli.export.common import CARD_KEY, ExportCard
+from resnet_cli.images import ResizeMode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION_IMAGES = 300
+SUFFIX = ".tflite"
+
+
+def write_litert(served: Any, card: ExportCard, path: Path, *, int8: bool = False,
+                 calibration: Sequence[str] = (), calibration_images: int =
+                 DEFAULT_CALIBRATION_IMAGES, progress: bool = True,
+                 on_failure: Callable[[Any], None] | None = None) -> None:
+    """Convert `served` (uint8 images in) to LiteRT and write it, with `card`, to `path`.
+
+    Raises:
+        NoInputsError: `int8` without any readable calibration image.
+        ModelFileError: the converter failed.
+    """
+    import tempfile
+
+    import tensorflow as tf
+
+    from resnet_cli.export.saved_model import write_saved_model
+
+    with tempfile.TemporaryDirectory(prefix="resnet-litert-") as folder:
+        # The converter's Keras 3 route: a SavedModel first (variables become constants).
+        write_saved_model(served, card, Path(folder) / "saved_model")
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(folder) / "saved_model"))
+        flat = _convert(converter, card, int8=int8, calibration=calibration,
+                        calibration_images=calibration_images, progress=progress,
+                        on_failure=on_failure)
+    path.write_bytes(add_metadata(flat, {CARD_KEY: card.to_json().encode()}))
+
+
+def _convert(converter: Any, card: ExportCard, *, int8: bool, calibration: Sequence[str],
+             calibration_images: int, progress: bool,
+             on_failure: Callable[[Any], None] | None) -> bytes:
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if int8:
+        samples = calibration_sample(calibration, calibration_images)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(
+            samples, size=card.image_size, resize=ResizeMode(card.resize), progress=progress,
+            on_failure=on_failure)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.float32
+    try:
+        return bytes(converter.convert())
+    except NoInputsError:
+        raise
+    except Exception as exc:  # the converter raises ConverterError, RuntimeError, ...
+        from resnet_cli.errors import first_line
+
+        raise ModelFileError(f"LiteRT conversion failed: {first_line(exc)}") from exc
+
+
+def calibration_sample(inputs: Sequence[str], count: int, *, seed: int = 0) -> list[str]:
+    """A random sample of `count` of `inputs` (all of them when there are fewer), in a
+    reproducible order.
+
+    Raises:
+        UsageError: no calibration inputs, or a count below 1.
+    """
+    if count < 1:
+        raise UsageError(f"--calibration-images must be at least 1; got {count}.")
+    if not inputs:
+        raise UsageError("--int8 needs calibration images: add --calibrate with a few hundred "
+                         "of your own images (files, folders or patterns).")
+    paths = list(inputs)
+    if len(paths) > count:
+        paths = random.Random(seed).sample(paths, count)
+    return paths
+
+
+def _representative(paths: Sequence[str], *, size: int, resize: ResizeMode, progress: bool,
+                    on_failure: Callable[[Any], None] | None
+                    ) -> Callable[[], Iterator[list[Any]]]:
+    def generate() -> Iterator[list[Any]]:
+        from resnet_cli.errors import ImageError
+        from resnet_cli.images import load_image
+        from resnet_cli.render import progress_bar
+
+        used = 0
+        with progress_bar(total=len(paths), desc="calibrating", enabled=progress,
+                          unit="img") as bar:
+            for path in paths:
+                try:
+                    image = load_image(path, size=size, resize=resize)
+                except ImageError as exc:
+                    if on_failure is not None:
+                        on_failure(exc)
+                    bar.update(1)
+                    continue
+                used += 1
+                yield [image[None]]
+                bar.update(1)
+        if not used:
+            raise NoInputsError(f"None of the {len(paths)} calibration inputs is a readable "
+                                "image.")
+        log.info("calibrated on %d images", used)
+
+    return generate
+
+
+def add_metadata(flat: bytes, entries: dict[str, bytes]) -> bytes:
+    """`flat` (a .tflite flatbuffer) with `entries` added to its metadata."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flat))
+    import numpy as np
+
+    for name, data in entries.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(data, dtype=np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = name
+        entry.buffer = len(model.buffers) - 1
+        model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_metadata(data: bytes, name: str, *, where: str) -> bytes | None:
+    """The metadata entry `name` of the .tflite flatbuffer `data`, or None.
+
+    Raises:
+        ModelFileError: `data` is not a LiteRT model.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelFileError(f"{where} is not a LiteRT (.tflite) model.")
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry is not None and entry.Name() == name.encode():
+                buffer = model.Buffers(entry.Buffer())
+                if buffer.Offset():  # stored after the flatbuffer (models over 2 GB)
+                    return bytes(data[buffer.Offset():buffer.Offset() + buffer.Size()])
+                return bytes(buffer.DataAsNumpy().tobytes())
+    except Exception as exc:  # a damaged flatbuffer: IndexError, struct.error, ...
+        raise ModelFileError(f"{where} is not a readable LiteRT model: {exc}") from exc
+    return None

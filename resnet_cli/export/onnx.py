@@ -1,0 +1,40 @@
+"""ONNX: an .onnx file for onnxruntime and other runtimes (opset 17).
+
+Converted from the served model's TensorFlow function by `tf2onnx` (through Keras' own
+`Model.export(format="onnx")`). The input `images` is uint8 `(batch, size, size, 3)` RGB, the
+output float32. The card is the model's `metadata_props` entry `resnet_cli_export`.
+Needs the optional packages of `pip install 'resnet[onnx]'`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+from resnet_cli.export.common import CARD_KEY, INPUT_NAME, ExportCard, require_module
+
+SUFFIX = ".onnx"
+OPSET = 17
+
+
+def write_onnx(served: Any, card: ExportCard, path: Path) -> None:
+    """Convert `served` (uint8 images in) to ONNX and write it, with `card`, to `path`.
+
+    Raises:
+        UsageError: tf2onnx or onnx is not installed.
+    """
+    import tensorflow as tf
+
+    require_module("tf2onnx", extra="onnx", purpose="ONNX export")
+    onnx = require_module("onnx", extra="onnx", purpose="ONNX export")
+    size = card.image_size
+    spec = tf.TensorSpec((None, size, size, 3), tf.uint8, name=INPUT_NAME)
+    # tf2onnx prints its progress on stdout, which belongs to results.
+    with contextlib.redirect_stdout(io.StringIO()):
+        served.export(str(path), format="onnx", input_signature=[spec], opset_version=OPSET,
+                      verbose=False)
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {CARD_KEY: card.to_json()})
+    onnx.save(model, str(path))

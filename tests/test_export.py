@@ -1,0 +1,193 @@
+"""resnet export: every format reproduces the Keras model, carries its card, and is written
+atomically; bad requests fail with one line before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, make_image, randomise_batch_norm
+from typer.testing import CliRunner
+
+from resnet_cli.cli import app
+from resnet_cli.export import ExportFormat, export_model
+from resnet_cli.models import ModelOptions, load_model
+
+
+@pytest.fixture(scope="session")
+def export_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """A tiny resnet50 classifier's weights (BatchNorm statistics randomised, so folding
+    matters) and a few calibration photos."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.applications.ResNet50(weights=None, input_shape=(TINY, TINY, 3))
+    randomise_batch_norm(model, seed=3)
+    folder = tmp_path_factory.mktemp("export_source")
+    weights = folder / "tiny.weights.h5"
+    model.save_weights(weights)
+    photos = [make_image(folder / f"p{i}.jpg", (90, 70), seed=40 + i) for i in range(8)]
+    return weights, photos
+
+
+@pytest.fixture(scope="session")
+def exported(export_source, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model exported once per session: name -> path."""
+    weights, photos = export_source
+    folder = tmp_path_factory.mktemp("exported")
+    options = ModelOptions(weights=str(weights), image_size=TINY, device="cpu")
+    backbone = ModelOptions(weights=str(weights), image_size=TINY, device="cpu",
+                            include_top=False, pooling="avg")
+    jobs = {
+        "saved_model": (options, ExportFormat.saved_model, "sm", {}),
+        "litert": (options, ExportFormat.litert, "m.tflite", {}),
+        "onnx": (options, ExportFormat.onnx, "m.onnx", {}),
+        "int8": (options, ExportFormat.litert, "m_int8.tflite",
+                 {"int8": True, "calibrate": [str(p) for p in photos]}),
+        "backbone": (backbone, ExportFormat.litert, "features.tflite", {}),
+    }
+    paths = {}
+    for name, (opts, fmt, filename, extra) in jobs.items():
+        paths[name] = export_model(opts, fmt, folder / filename, progress=False,
+                                   **extra).path  # type: ignore[arg-type]
+    return paths
+
+
+@pytest.fixture(scope="session")
+def keras_loaded(export_source):  # type: ignore[no-untyped-def]
+    return load_model(ModelOptions(weights=str(export_source[0]), image_size=TINY))
+
+
+def _images(count: int = 5, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, TINY, TINY, 3), dtype=np.uint8)
+
+
+def _keras_probs(loaded, images: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    from keras.applications import imagenet_utils
+
+    x = imagenet_utils.preprocess_input(images.astype(np.float32), mode="caffe")
+    return np.asarray(loaded.model(x, training=False))
+
+
+@pytest.mark.parametrize("name", ["litert", "onnx"])
+def test_float_files_reproduce_keras(exported, keras_loaded, name: str) -> None:
+    from resnet_cli.inference import make_predictor
+
+    loaded = load_model(ModelOptions(weights=str(exported[name])))
+    images = _images()
+    got = make_predictor(loaded, 4)(images[:4])
+    np.testing.assert_allclose(got, _keras_probs(keras_loaded, images[:4]), rtol=0, atol=1e-4)
+    assert got.dtype == np.float32 and got.shape == (4, 1000)
+
+
+def test_saved_model_serves_uint8_and_reproduces_keras(exported, keras_loaded) -> None:
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(exported["saved_model"]))
+    signature = served.signatures["serving_default"]
+    images = _images()
+    got = signature(images=tf.constant(images))["outputs"].numpy()
+    np.testing.assert_allclose(got, _keras_probs(keras_loaded, images), rtol=0, atol=1e-5)
+
+
+def test_cards_round_trip(exported) -> None:
+    from resnet_cli.export.saved_model import read_saved_model_card
+    from resnet_cli.labels import load_imagenet_labels
+
+    card = read_saved_model_card(exported["saved_model"])
+    assert card is not None
+    assert (card.base_model, card.image_size, card.include_top, card.precision) == \
+        ("resnet50", TINY, True, "float32")
+    assert card.imagenet_labels and card.resize == "crop"
+    for name, precision in (("litert", "float32"), ("onnx", "float32"), ("int8", "int8")):
+        loaded = load_model(ModelOptions(weights=str(exported[name])))
+        assert loaded.runtime == ("onnx" if name == "onnx" else "litert")
+        assert loaded.image_size == TINY and loaded.spec.name == "resnet50"
+        assert loaded.labels == load_imagenet_labels()
+        assert loaded.card is not None and loaded.card.extra["precision"] == precision
+    backbone = load_model(ModelOptions(weights=str(exported["backbone"])))
+    assert backbone.labels is None
+    assert backbone.model.card.output_shape == (2048,) and backbone.model.card.pooling == "avg"
+
+
+def test_int8_file_is_full_integer(exported, keras_loaded) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from resnet_cli.inference import make_predictor
+
+    interpreter = Interpreter(model_path=str(exported["int8"]))
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32
+    kinds = {d["dtype"] for d in interpreter.get_tensor_details()}
+    assert np.int8 in kinds
+    loaded = load_model(ModelOptions(weights=str(exported["int8"])))
+    probs = make_predictor(loaded, 3)(_images(3))
+    assert probs.shape == (3, 1000)
+    # int8 probabilities come in steps of 1/256: a flat 1000-way distribution loses mass.
+    assert (probs >= 0).all() and np.all(np.abs(probs.sum(axis=1) - 1.0) < 0.2)
+    float_size = exported["litert"].stat().st_size
+    assert exported["int8"].stat().st_size < float_size / 3
+
+
+def test_cli_export_writes_atomically_and_refuses_existing(
+        runner: CliRunner, export_source, tmp_path: Path) -> None:
+    weights, _ = export_source
+    out = tmp_path / "sm"
+    args = ["export", "-f", "saved_model", "--weights", str(weights), "--image-size",
+            str(TINY), "--no-include-top", "--pooling", "max", "-o", str(out)]
+    result = runner.invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "assets" / "resnet_cli_export.json").read_text())
+    assert card["pooling"] == "max" and card["output"]["shape"] == [None, 2048]
+    assert [p.name for p in tmp_path.iterdir()] == ["sm"]  # no temporary left behind
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "already exists" in again.output
+    replaced = runner.invoke(app, [*args, "--overwrite"], catch_exceptions=False)
+    assert replaced.exit_code == 0 and [p.name for p in tmp_path.iterdir()] == ["sm"]
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["-f", "litert", "--int8"], 2, "--int8 needs calibration images"),
+    (["-f", "onnx", "--int8", "--calibrate", "x.jpg"], 2, "--int8 is for --format litert"),
+    (["-f", "litert"], 2, "writes a .tflite file"),
+    (["-f", "litert", "--pooling", "avg"], 2, "--no-include-top"),
+])
+def test_cli_export_usage_errors(runner: CliRunner, tmp_path: Path, args: list[str],
+                                 code: int, message: str) -> None:
+    out = tmp_path / ("m.tflite" if "writes" not in message else "m.onnx")
+    result = runner.invoke(app, ["export", "--weights", "none", "--image-size", str(TINY),
+                                 *args, "-o", str(out)])
+    assert result.exit_code == code, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_existing_output_refused_before_loading(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    # Weights that would fail to load: the output check comes first.
+    bogus = tmp_path / "bogus.weights.h5"
+    bogus.write_bytes(b"not hdf5")
+    result = runner.invoke(app, ["export", "-f", "onnx", "--weights", str(bogus), "-o",
+                                 str(out)])
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert out.read_bytes() == b"old"
+
+
+def test_atomic_dir_keeps_old_folder_on_failure(tmp_path: Path) -> None:
+    from resnet_cli.outputs import atomic_dir
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise RuntimeError("boom")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
