@@ -1,8 +1,8 @@
 """`resnet finetune`: real tiny ResNet50 runs (32 px, 3 classes of a few real PNGs).
 
 Train steps run eagerly here (tf.config.run_functions_eagerly): tracing a ResNet50 train step
-takes longer than these whole runs. The graph-mode path is the same Keras `fit` call; it is run
-by `-m slow` and by benchmarks/finetune_digits.py.
+takes longer than these whole runs. The graph-mode path is the same engine code; it is run by
+`-m slow`, by the distributed tests (test_distribute.py) and by benchmarks/finetune_digits.py.
 """
 
 from __future__ import annotations
@@ -286,3 +286,47 @@ def test_dataset_and_option_errors_are_one_line(tmp_path, runner, monkeypatch, l
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+# ----- precise BatchNorm statistics (#13) -----------------------------------------------------
+
+def test_from_scratch_the_saved_batchnorm_statistics_fit_the_saved_weights(tmp_path, runner):
+    """From scratch, BatchNorm's moving averages are gathered while the weights change; the
+    saved model gets statistics recomputed with its final weights on un-augmented training
+    images, so it scores on its own images what its last epoch reported."""
+    import keras
+
+    from resnet_cli.images import load_image
+
+    data = write_dataset(tmp_path / "data", per_class=8)  # 24 images: 6 whole batches of 4
+    val = write_dataset(tmp_path / "val", per_class=2)
+    run = tmp_path / "run"
+    result = finetune(FinetuneOptions(str(data), 3, run_dir=str(run), weights="none",
+                                      val_dir=str(val), image_size=32, epochs=2, batch_size=4,
+                                      augment=False), progress=False)
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    backbone = model.get_layer("resnet50")
+
+    # conv1_bn's moving mean is the mean of conv1's output over the training images (every
+    # one of them, in whole batches); the moving averages of training are far from it.
+    paths = sorted(str(p) for p in data.rglob("*.png"))
+    images = np.stack([load_image(p, size=32) for p in paths]).astype(np.float32)
+    x = keras.applications.imagenet_utils.preprocess_input(images, mode="caffe")
+    conv1 = keras.Model(backbone.input, backbone.get_layer("conv1_conv").output)(x).numpy()
+    bn = backbone.get_layer("conv1_bn")
+    mean = conv1.mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-3, atol=1e-3)
+    # The variance is the mean of the batches' variances (at most the overall variance).
+    assert np.all(bn.moving_variance.numpy() <= conv1.var(axis=(0, 1, 2)) * 1.001)
+
+    # The saved model, judged by evaluate, agrees with the last epoch's validation score.
+    last = result.history[-1]
+    report = runner.invoke(app, ["evaluate", str(data), "--weights", str(run / "model.keras"),
+                                 "--format", "json", "-q"])  # its training images
+    assert report.exit_code == 0, report.stderr
+    assert result.metrics is not None and last.val_accuracy is not None
+    assert abs(result.metrics.top1 - last.val_accuracy) < 0.01
+    on_all = json.loads(report.stdout)["top1_accuracy"]
+    assert on_all >= last.accuracy - 0.2
+    config = json.loads((run / "config.json").read_text())
+    assert "precise BN" in config["training"]["batchnorm"]

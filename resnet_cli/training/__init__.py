@@ -11,8 +11,9 @@ applications), `config.json` (every resolved option, package versions and the mo
 `--resume`).
 
 Modules: `options` (what was asked, checked without TensorFlow), `run_folder` (the files of a
-run), `head` (the classifier and each phase's optimizer), `distribute` (strategies),
-`callback` (the per-epoch Keras callback) and `loop` (`finetune()` itself).
+run), `head` (the classifier and each phase's optimizer), `distribute` (strategies), `engine`
+(the distributed train and evaluation steps, and precise BatchNorm statistics), `epochs` (the
+epochs of a phase) and `loop` (`finetune()` itself).
 """
 
 from __future__ import annotations

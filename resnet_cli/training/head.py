@@ -81,6 +81,12 @@ def set_trainable(model: Any, backbone: Any, spec: ModelSpec, what: str) -> None
             not isinstance(layer, keras.layers.BatchNormalization)
 
 
+def batch_norm_trains(phase: Phase) -> bool:
+    """Whether BatchNorm layers train (and so update their statistics) in `phase`: only from
+    scratch; pretrained phases keep them frozen."""
+    return phase.trainable == "everything"
+
+
 def compile_phase(model: Any, phase: Phase, options: FinetuneOptions, steps_per_epoch: int,
                   *, jit: Any) -> dict[str, Any]:
     """Compile `model` for `phase` (AdamW, warmup then cosine decay, label smoothing);

@@ -44,11 +44,13 @@ from resnet_cli.models import (
 )
 from resnet_cli.outputs import atomic_path
 from resnet_cli.registry import ModelSpec, get_spec
-from resnet_cli.training.callback import epoch_callback
 from resnet_cli.training.distribute import is_chief, make_strategy
+from resnet_cli.training.engine import PRECISE_BN_BATCHES, Engine
+from resnet_cli.training.epochs import PhaseData, run_epochs
 from resnet_cli.training.head import (
     DROPOUT,
     SCRATCH_BN_MOMENTUM,
+    batch_norm_trains,
     build_classifier,
     compile_phase,
     inference_copy,
@@ -335,7 +337,8 @@ def _dataset_info(data: _Data) -> dict[str, Any]:
 def _training_info(opts: FinetuneOptions, data: _Data, runtime: _Runtime) -> dict[str, Any]:
     return {"batch_size": data.batch, "steps_per_epoch": data.steps, "dropout": DROPOUT,
             "batchnorm": "frozen, inference mode (pretrained)" if opts.pretrained else
-            f"training mode, momentum {SCRATCH_BN_MOMENTUM}",
+            f"training mode, momentum {SCRATCH_BN_MOMENTUM}; statistics recomputed with the "
+            f"weights of each epoch on {PRECISE_BN_BATCHES} un-augmented batches (precise BN)",
             "label_smoothing": opts.label_smoothing, "class_weights": data.class_weights,
             "strategy": type(runtime.strategy).__name__,
             "replicas": int(runtime.strategy.num_replicas_in_sync),
@@ -390,20 +393,29 @@ def _fit_phase(run: _Run, model: Any, backbone: Any, phase: Phase, resumed_phase
                progress: bool) -> None:
     """Train `phase` from the first epoch not done yet (compiling it unless it is the
     restored one)."""
-    data = run.data
-    with run.runtime.strategy.scope():
+    data, strategy = run.data, run.runtime.strategy
+    with strategy.scope():
         if phase.number != resumed_phase:
             set_trainable(model, backbone, run.spec, phase.trainable)
             info = compile_phase(model, phase, run.opts, data.steps, jit=run.runtime.jit)
             run.config["training"]["phases"].append(info)
         first = max(run.done, phase.first)
+        engine = Engine(model, strategy, label_smoothing=run.opts.label_smoothing,
+                        global_batch=data.batch)
+    classes = len(run.card.class_names)
     train_ds = make_dataset(
-        data.train, num_classes=len(run.card.class_names), batch_size=data.batch,
+        data.train, num_classes=classes, batch_size=data.batch,
         preprocess_mode=run.spec.preprocess_mode, training=True, seed=run.opts.seed,
         epochs=(first, phase.end), augment=run.augment, class_weights=data.class_weights)
-    callback = epoch_callback(run.book, phase, data.steps, progress=progress)
-    model.fit(train_ds, epochs=phase.end, initial_epoch=first, steps_per_epoch=data.steps,
-              validation_data=run.val_ds, callbacks=[callback], shuffle=False, verbose=0)
+    batch_norm = None
+    if batch_norm_trains(phase):
+        # Un-augmented training images in a fixed shuffled order, the same on every worker.
+        batch_norm = make_dataset(
+            data.train, num_classes=classes, batch_size=data.batch,
+            preprocess_mode=run.spec.preprocess_mode, training=True, seed=run.opts.seed + 1,
+        ).take(PRECISE_BN_BATCHES)
+    run_epochs(engine, run.book, phase, PhaseData(train_ds, data.steps, run.val_ds, batch_norm),
+               first=first, progress=progress)
     run.done = phase.end
 
 

@@ -1,0 +1,105 @@
+"""The epochs of one phase: train, recompute BatchNorm statistics, validate, checkpoint.
+
+Each epoch shows a progress bar of its steps (loss and accuracy so far), then one of the
+precise-BatchNorm batches when BatchNorm trains, and ends with one `EpochRecord` through the
+run's `RunBook` (checkpoint, history.csv, the `on_epoch` line).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from resnet_cli.render import progress_bar
+from resnet_cli.training.engine import PRECISE_BN_BATCHES, Engine, Scores, scores_of
+from resnet_cli.training.options import Phase
+from resnet_cli.training.run_folder import EpochRecord, RunBook
+
+
+@dataclass(frozen=True)
+class PhaseData:
+    """What the epochs of a phase read: the training batches of all its epochs back to back,
+    `steps` per epoch; the validation set; and, when BatchNorm trains, the un-augmented
+    training batches its statistics are recomputed on (else None)."""
+
+    train: Any
+    steps: int
+    val: Any | None
+    batch_norm: Any | None
+
+
+@dataclass
+class EarlyStopping:
+    """Stop a phase when validation accuracy has not improved for `patience` epochs, and
+    keep the best epoch's weights (ties go to the lower validation loss)."""
+
+    patience: int
+    best_epoch: int = 0
+    best: tuple[float, float] = (-math.inf, -math.inf)  # (accuracy, -loss)
+    weights: list[Any] | None = None
+    stopped_at: int | None = None
+
+    def update(self, record: EpochRecord, model: Any) -> bool:
+        """Note the epoch's scores; True when the phase should stop."""
+        if record.val_accuracy is None or record.val_loss is None:
+            return False
+        score = (record.val_accuracy, -record.val_loss)
+        if score > self.best:
+            self.best, self.best_epoch = score, record.epoch
+            self.weights = model.get_weights()
+        if record.epoch - self.best_epoch >= self.patience:
+            self.stopped_at = record.epoch
+            return True
+        return False
+
+    def restore(self, model: Any, last_epoch: int) -> bool:
+        """Put the best epoch's weights back; True if they differ from the last epoch's."""
+        if self.weights is None or self.best_epoch == last_epoch:
+            return False
+        model.set_weights(self.weights)
+        return True
+
+
+def run_epochs(engine: Engine, book: RunBook, phase: Phase, data: PhaseData, *, first: int,
+               progress: bool, stopping: EarlyStopping | None = None) -> int:
+    """Train epochs `first + 1` to `phase.end`, or until `stopping` says so; returns the
+    last epoch run."""
+    iterator = engine.iterate(data.train)
+    last = first
+    for epoch in range(first, phase.end):
+        started = time.perf_counter()
+        train = _train_epoch(engine, iterator, data.steps,
+                             desc=f"epoch {epoch + 1}/{book.total_epochs}", progress=progress)
+        if data.batch_norm is not None:
+            with progress_bar(total=PRECISE_BN_BATCHES, desc="BatchNorm statistics",
+                              enabled=progress, unit="batch") as bar:
+                engine.recompute_batch_norm(data.batch_norm, bar=bar)
+        val = engine.evaluate(data.val) if data.val is not None else None
+        record = EpochRecord(
+            epoch=epoch + 1, phase=phase.number,
+            lr=float(engine.model.optimizer.learning_rate),
+            loss=train.loss, accuracy=train.accuracy,
+            val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None,
+            seconds=time.perf_counter() - started)
+        book.epoch_done(engine.model, record)
+        last = epoch + 1
+        if stopping is not None and stopping.update(record, engine.model):
+            break
+    return last
+
+
+def _train_epoch(engine: Engine, iterator: Any, steps: int, *, desc: str,
+                 progress: bool) -> Scores:
+    totals = [0.0, 0.0, 0.0, 0.0]
+    with progress_bar(total=steps, desc=desc, enabled=progress, unit="step") as bar:
+        for _ in range(steps):
+            for i, value in enumerate(engine.train_step(iterator)):
+                totals[i] += value
+            if not bar.disable:
+                now = scores_of(totals)
+                bar.set_postfix(loss=f"{now.loss:.4f}", acc=f"{now.accuracy:.4f}",
+                                refresh=False)
+            bar.update(1)
+    return scores_of(totals)
