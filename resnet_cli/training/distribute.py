@@ -11,8 +11,9 @@ from resnet_cli.training.options import Strategy
 
 def make_strategy(strategy: Strategy) -> Any:
     """auto: MirroredStrategy over all visible GPUs when there are several, else the default
-    (one device); mirrored: MirroredStrategy; multiworker: MultiWorkerMirroredStrategy from
-    TF_CONFIG."""
+    (one device); mirrored: MirroredStrategy over the GPUs, or over the logical CPU devices
+    when there is no GPU and TensorFlow was configured with several (as tests do);
+    multiworker: MultiWorkerMirroredStrategy from TF_CONFIG."""
     import tensorflow as tf
 
     from resnet_cli.devices import multi_gpu_strategy
@@ -20,6 +21,9 @@ def make_strategy(strategy: Strategy) -> Any:
     if strategy == Strategy.multiworker:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if strategy == Strategy.mirrored:
+        cpus = tf.config.list_logical_devices("CPU")
+        if not tf.config.list_logical_devices("GPU") and len(cpus) > 1:
+            return tf.distribute.MirroredStrategy([device.name for device in cpus])
         return tf.distribute.MirroredStrategy()
     return multi_gpu_strategy() or tf.distribute.get_strategy()
 
