@@ -330,3 +330,50 @@ def test_from_scratch_the_saved_batchnorm_statistics_fit_the_saved_weights(tmp_p
     assert on_all >= last.accuracy - 0.2
     config = json.loads((run / "config.json").read_text())
     assert "precise BN" in config["training"]["batchnorm"]
+
+
+# ----- early stopping (#10: from-scratch defaults) ----------------------------------------------
+
+def test_early_stopping_keeps_the_best_epoch_of_a_real_model():
+    import keras
+
+    from resnet_cli.training.epochs import EarlyStopping
+    from resnet_cli.training.run_folder import EpochRecord
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    stopping = EarlyStopping(patience=2)
+
+    def epoch(number: int, accuracy: float, loss: float) -> bool:
+        model.layers[0].set_weights([np.full((2, 1), number, np.float32), np.zeros(1)])
+        return stopping.update(EpochRecord(number, 1, 1e-3, 1.0, 0.5, loss, accuracy, 1.0), model)
+
+    assert not epoch(1, 0.50, 1.0)
+    assert not epoch(2, 0.80, 0.9)
+    assert not epoch(3, 0.80, 0.7)  # same accuracy, lower loss: better
+    assert not epoch(4, 0.70, 0.6)
+    assert epoch(5, 0.80, 0.8)  # two epochs without improvement: stop
+    assert stopping.best_epoch == 3 and stopping.stopped == [5]
+    assert stopping.restore(model, last_epoch=5)
+    assert model.layers[0].get_weights()[0][0, 0] == 3  # epoch 3's weights are back
+    assert stopping.summary(restored=True)["best_val_accuracy"] == 0.80
+
+
+def test_scratch_run_saves_its_best_epoch(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=6)
+    run = tmp_path / "run"
+    result = finetune(FinetuneOptions(str(data), 3, run_dir=str(run), weights="none",
+                                      image_size=32, epochs=4, patience=1, batch_size=4),
+                      progress=False)
+    config = json.loads((run / "config.json").read_text())
+    stopping = config["training"]["early_stopping"]
+    history = read_history(run)
+    scores = [(float(r["val_accuracy"]), -float(r["val_loss"])) for r in history]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    assert stopping["patience"] == 1 and stopping["best_epoch"] == best + 1
+    if stopping["stopped_at_epochs"]:
+        assert len(history) == stopping["stopped_at_epochs"][0] <= 4
+    else:
+        assert len(history) == 4
+    # The saved model is the best epoch's: its validation accuracy is that epoch's.
+    assert result.metrics is not None
+    assert abs(result.metrics.top1 - scores[best][0]) < 1e-6

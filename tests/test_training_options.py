@@ -45,7 +45,18 @@ def test_resolve_fills_run_time_defaults_and_enums(tmp_path):
     scratch = resolve_options(FinetuneOptions("d", 2, run_dir="r", weights="none",
                                               image_size=32))
     assert scratch.fine_tune_epochs == 0
-    assert [(p.end, p.trainable) for p in phase_plan(scratch)] == [(10, "everything")]
+    assert [(p.end, p.trainable) for p in phase_plan(scratch)] == [(20, "everything")]
+
+
+def test_from_scratch_trains_longer_and_stops_early_pretrained_runs_do_not(tmp_path):
+    scratch = resolve_options(FinetuneOptions(str(tmp_path), 3, weights="none"))
+    assert (scratch.epochs, scratch.patience, scratch.fine_tune_epochs) == (20, 5, 0)
+    pretrained = resolve_options(FinetuneOptions(str(tmp_path), 3))
+    assert (pretrained.epochs, pretrained.patience, pretrained.fine_tune_epochs) == (10, 0, 5)
+    assert [p.end for p in phase_plan(pretrained)] == [10, 15]  # no longer than before
+    chosen = resolve_options(FinetuneOptions(str(tmp_path), 3, weights="none", epochs=7,
+                                             patience=0))
+    assert (chosen.epochs, chosen.patience) == (7, 0)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -38,10 +38,15 @@ RunDirOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", metavar="RUN_DIR", file_okay=False,
     help="Run folder for model.keras, config.json, labels.txt, history.csv, metrics.json "
          "and checkpoints/. Default: runs/<data>-<model>-<date-time>.")]
-EpochsOpt = Annotated[int, typer.Option(
-    "--epochs", "-e", min=1, metavar="N",
+EpochsOpt = Annotated[int | None, typer.Option(
+    "--epochs", "-e", min=1, metavar="N", show_default=False,
     help="Epochs of phase 1 (the new head on a frozen backbone), or of the whole network "
-         "with --weights none.")]
+         "with --weights none. [default: 10 with pretrained weights, 20 from scratch]")]
+PatienceOpt = Annotated[int | None, typer.Option(
+    "--patience", min=0, metavar="N", show_default=False,
+    help="Stop a phase after N epochs without a better validation accuracy, and keep the "
+         "best epoch's weights; 0 never stops early. [default: 5 from scratch, 0 with "
+         "pretrained weights]")]
 LrOpt = Annotated[float, typer.Option(
     "--lr", min=0.0, metavar="LR",
     help="Peak learning rate of phase 1 (AdamW, warmup then cosine decay).")]
@@ -123,6 +128,7 @@ def finetune(
     weights: WeightsOpt = DEFAULTS.weights,
     image_size: ImageSizeOpt = DEFAULTS.image_size,
     epochs: EpochsOpt = DEFAULTS.epochs,
+    patience: PatienceOpt = DEFAULTS.patience,
     batch_size: BatchSizeOpt = DEFAULTS.batch_size,
     lr: LrOpt = DEFAULTS.lr,
     val_split: ValSplitOpt = DEFAULTS.val_split,
@@ -149,7 +155,9 @@ def finetune(
 
     With pretrained weights: phase 1 trains a new head on the frozen backbone, phase 2
     (--fine-tune-epochs) unfreezes it at a low learning rate. With --weights none the whole
-    network trains from the start. RUN_DIR/model.keras then works with classify, extract,
+    network trains from the start, for longer, stopping when validation accuracy stalls
+    (--patience) and keeping the best epoch; its BatchNorm statistics are recomputed with the
+    weights of each epoch. RUN_DIR/model.keras then works with classify, extract,
     summary and evaluate (--weights RUN_DIR/model.keras): class names, input size and
     preprocessing come from RUN_DIR/config.json. --batch-size is the global batch, split over
     the replicas of --strategy; for multiworker, run the same command on every machine with

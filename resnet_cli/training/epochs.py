@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from resnet_cli.render import progress_bar
@@ -32,14 +32,21 @@ class PhaseData:
 
 @dataclass
 class EarlyStopping:
-    """Stop a phase when validation accuracy has not improved for `patience` epochs, and
-    keep the best epoch's weights (ties go to the lower validation loss)."""
+    """Stop a phase when its validation accuracy has not improved for `patience` epochs,
+    and keep the weights of the best epoch of the run (ties go to the lower validation
+    loss). The decision uses scores reduced over all workers, so every worker stops at the
+    same epoch."""
 
     patience: int
     best_epoch: int = 0
     best: tuple[float, float] = (-math.inf, -math.inf)  # (accuracy, -loss)
     weights: list[Any] | None = None
-    stopped_at: int | None = None
+    stopped: list[int] = field(default_factory=list)  # epochs at which a phase stopped
+    phase_start: int = 0
+
+    def start_phase(self, first: int) -> None:
+        """A new phase starts after epoch `first`: its patience counts from there."""
+        self.phase_start = first
 
     def update(self, record: EpochRecord, model: Any) -> bool:
         """Note the epoch's scores; True when the phase should stop."""
@@ -49,8 +56,8 @@ class EarlyStopping:
         if score > self.best:
             self.best, self.best_epoch = score, record.epoch
             self.weights = model.get_weights()
-        if record.epoch - self.best_epoch >= self.patience:
-            self.stopped_at = record.epoch
+        if record.epoch - max(self.best_epoch, self.phase_start) >= self.patience:
+            self.stopped.append(record.epoch)
             return True
         return False
 
@@ -61,12 +68,20 @@ class EarlyStopping:
         model.set_weights(self.weights)
         return True
 
+    def summary(self, *, restored: bool) -> dict[str, Any]:
+        """The entry of config.json."""
+        return {"patience": self.patience, "best_epoch": self.best_epoch or None,
+                "best_val_accuracy": self.best[0] if self.best_epoch else None,
+                "stopped_at_epochs": self.stopped, "restored_best_weights": restored}
+
 
 def run_epochs(engine: Engine, book: RunBook, phase: Phase, data: PhaseData, *, first: int,
                progress: bool, stopping: EarlyStopping | None = None) -> int:
     """Train epochs `first + 1` to `phase.end`, or until `stopping` says so; returns the
     last epoch run."""
     iterator = engine.iterate(data.train)
+    if stopping is not None:
+        stopping.start_phase(first)
     last = first
     for epoch in range(first, phase.end):
         started = time.perf_counter()

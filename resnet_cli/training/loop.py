@@ -46,7 +46,7 @@ from resnet_cli.outputs import atomic_path
 from resnet_cli.registry import ModelSpec, get_spec
 from resnet_cli.training.distribute import is_chief, make_strategy
 from resnet_cli.training.engine import PRECISE_BN_BATCHES, Engine
-from resnet_cli.training.epochs import PhaseData, run_epochs
+from resnet_cli.training.epochs import EarlyStopping, PhaseData, run_epochs
 from resnet_cli.training.head import (
     DROPOUT,
     SCRATCH_BN_MOMENTUM,
@@ -349,13 +349,15 @@ def _training_info(opts: FinetuneOptions, data: _Data, runtime: _Runtime) -> dic
 
 def _train(run: _Run, *, progress: bool, warn: Callable[[str], None]) -> tuple[Any, float]:
     """Build or restore the model and train the phases left; returns the inference copy of
-    the trained model and the seconds spent."""
+    the trained model (the best epoch's, with early stopping) and the seconds spent."""
     started = time.perf_counter()
     mixed = run.opts.mixed_precision
     policy = "mixed_float16" if mixed and run.runtime.on_gpu else "float32"
     if mixed and not run.runtime.on_gpu:
         # CPUs without native bfloat16 emulate half precision slower than float32.
         warn("--mixed-precision needs a GPU; training in float32 on the CPU")
+    patience = int(run.opts.patience or 0)
+    stopping = EarlyStopping(patience) if patience and run.val_ds is not None else None
     with dtype_policy(policy):
         run.config["training"]["policy"] = policy
         model, backbone, resumed_phase = _build(run, progress=progress)
@@ -363,7 +365,12 @@ def _train(run: _Run, *, progress: bool, warn: Callable[[str], None]) -> tuple[A
             write_json(run.write_dir / CARD_FILENAME, run.config)
         for phase in run.phases:
             if phase.end > run.done:
-                _fit_phase(run, model, backbone, phase, resumed_phase, progress=progress)
+                _fit_phase(run, model, backbone, phase, resumed_phase, progress=progress,
+                           stopping=stopping)
+        if stopping is not None:
+            last = run.book.history[-1].epoch if run.book.history else 0
+            run.config["training"]["early_stopping"] = stopping.summary(
+                restored=stopping.restore(model, last))
         seconds = time.perf_counter() - started
         return inference_copy(model), seconds
 
@@ -390,7 +397,7 @@ def _build(run: _Run, *, progress: bool) -> tuple[Any, Any, int]:
 
 
 def _fit_phase(run: _Run, model: Any, backbone: Any, phase: Phase, resumed_phase: int, *,
-               progress: bool) -> None:
+               progress: bool, stopping: EarlyStopping | None) -> None:
     """Train `phase` from the first epoch not done yet (compiling it unless it is the
     restored one)."""
     data, strategy = run.data, run.runtime.strategy
@@ -415,7 +422,7 @@ def _fit_phase(run: _Run, model: Any, backbone: Any, phase: Phase, resumed_phase
             preprocess_mode=run.spec.preprocess_mode, training=True, seed=run.opts.seed + 1,
         ).take(PRECISE_BN_BATCHES)
     run_epochs(engine, run.book, phase, PhaseData(train_ds, data.steps, run.val_ds, batch_norm),
-               first=first, progress=progress)
+               first=first, progress=progress, stopping=stopping)
     run.done = phase.end
 
 

@@ -20,6 +20,10 @@ from resnet_cli.registry import DEFAULT_MODEL, ModelSpec, get_spec
 
 E = TypeVar("E", bound=Enum)
 
+PRETRAINED_EPOCHS = 10  # phase 1 on a frozen pretrained backbone
+SCRATCH_EPOCHS = 20  # the whole network from random weights needs more
+SCRATCH_PATIENCE = 5  # from scratch, stop when validation stalls and keep the best epoch
+
 
 class Strategy(str, Enum):
     """`--strategy`: how training is spread over devices."""
@@ -43,8 +47,12 @@ class FinetuneOptions:
     Attributes:
         weights: "imagenet", "none", a Keras weights file (.h5, .weights.h5) of the variant
             with or without its classifier, or a `.keras` model from an earlier run.
+        epochs: phase-1 epochs; None: 10 with pretrained weights, 20 from scratch.
         fine_tune_epochs: phase-2 epochs; None: half of `epochs` with pretrained weights,
             0 with `weights="none"`.
+        patience: stop a phase after this many epochs without a better validation accuracy,
+            and keep the best epoch's weights; 0: never; None: 5 from scratch, 0 with
+            pretrained weights.
         unfreeze: "all", or the number of residual blocks (from the top) phase 2 trains.
         memory_budget: bytes of decoded pixels kept in memory (None: 4 GiB, at most a quarter
             of the RAM); larger datasets are decoded on the fly.
@@ -56,7 +64,7 @@ class FinetuneOptions:
     model: str = DEFAULT_MODEL
     weights: str = "imagenet"
     image_size: int | None = None
-    epochs: int = 10
+    epochs: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     val_split: float = 0.2
@@ -64,6 +72,7 @@ class FinetuneOptions:
     augment: bool = True
     flip: bool = True
     fine_tune_epochs: int | None = None
+    patience: int | None = None
     fine_tune_lr: float = 1e-5
     unfreeze: str = "all"
     label_smoothing: float = 0.1
@@ -116,6 +125,7 @@ def resolve_options(options: FinetuneOptions) -> FinetuneOptions:
     weights = options.weights.strip()
     _check_weights(weights, spec)
     size = resolve_image_size(spec, options.image_size)
+    options = _resolve_epochs(options)
     _check_numbers(options)
     class_weight = _as_member(ClassWeight, options.class_weight,
                            "--class-weight must be none or auto")
@@ -152,7 +162,9 @@ def _check_weights(weights: str, spec: ModelSpec) -> None:
 def _check_numbers(options: FinetuneOptions) -> None:
     checks = [
         (options.classes >= 2, f"--classes must be at least 2; got {options.classes}."),
-        (options.epochs >= 1, f"--epochs must be at least 1; got {options.epochs}."),
+        (int(options.epochs or 0) >= 1, f"--epochs must be at least 1; got {options.epochs}."),
+        (int(options.patience or 0) >= 0,
+         f"--patience must be 0 (never stop early) or more; got {options.patience}."),
         (options.batch_size >= 1, f"--batch-size must be at least 1; got {options.batch_size}."),
         (options.lr > 0, f"--lr must be positive; got {options.lr}."),
         (options.fine_tune_lr > 0, f"--fine-tune-lr must be positive; got {options.fine_tune_lr}."),
@@ -177,10 +189,21 @@ def _as_member(kind: type[E], value: Any, message: str) -> E:
         raise UsageError(f"{message}; got {plain(value)}.") from None
 
 
+def _resolve_epochs(options: FinetuneOptions) -> FinetuneOptions:
+    """Fill in `epochs` and `patience`: longer and with early stopping from scratch."""
+    epochs = options.epochs
+    if epochs is None:
+        epochs = PRETRAINED_EPOCHS if options.pretrained else SCRATCH_EPOCHS
+    patience = options.patience
+    if patience is None:
+        patience = 0 if options.pretrained else SCRATCH_PATIENCE
+    return dataclasses.replace(options, epochs=epochs, patience=patience)
+
+
 def _fine_tune_epochs(options: FinetuneOptions) -> int:
     fine_tune = options.fine_tune_epochs
     if fine_tune is None:
-        return max(1, options.epochs // 2) if options.pretrained else 0
+        return max(1, int(options.epochs or 0) // 2) if options.pretrained else 0
     if fine_tune < 0:
         raise UsageError(f"--fine-tune-epochs must be 0 or more; got {fine_tune}.")
     if fine_tune > 0 and not options.pretrained:
@@ -221,10 +244,11 @@ def default_run_dir(data_dir: str, model: str) -> str:
 
 def phase_plan(options: FinetuneOptions) -> list[Phase]:
     """The phases of a resolved run."""
+    epochs = int(options.epochs or 0)
     if not options.pretrained:
-        return [Phase(1, 0, options.epochs, options.lr, "everything")]
-    phases = [Phase(1, 0, options.epochs, options.lr, "head")]
+        return [Phase(1, 0, epochs, options.lr, "everything")]
+    phases = [Phase(1, 0, epochs, options.lr, "head")]
     if options.fine_tune_epochs:
-        phases.append(Phase(2, options.epochs, options.epochs + options.fine_tune_epochs,
+        phases.append(Phase(2, epochs, epochs + options.fine_tune_epochs,
                             options.fine_tune_lr, options.unfreeze))
     return phases

@@ -34,6 +34,7 @@ HISTORY_FIELDS = ("epoch", "phase", "lr", "loss", "accuracy", "val_loss", "val_a
 RUN_DEFINING = ("classes", "model", "weights", "image_size", "epochs", "batch_size", "lr",
                 "val_split", "val_dir", "augment", "flip", "fine_tune_epochs", "fine_tune_lr",
                 "unfreeze", "label_smoothing", "class_weight", "weight_decay", "seed", "resize",
+                "patience",
                 "mixed_precision")
 
 
