@@ -48,6 +48,7 @@ class Mistake:
     true_label: str
     predicted_label: str
     probability: float
+    true_probability: float | None = None  # the probability given to the true class
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class Evaluation:
     mistake_count: int
     failures: tuple[ImageError, ...] = ()
     seconds: float = 0.0
+    # How the images were fed (for the HTML report): the variant, input size, resize, device.
+    architecture: str = ""
+    image_size: int = 0
+    resize: str = ""
+    device: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (also `metrics.json` of a finetune run)."""
@@ -183,7 +189,7 @@ def compute_metrics(
         wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")]
     mistakes = tuple(
         Mistake(paths[i], class_names[true[i]], labels[int(predicted[i])].name,
-                float(probs[i, predicted[i]]))
+                float(probs[i, predicted[i]]), float(probs[i, outputs[true[i]]]))
         for i in wrong[:max_mistakes])
     return {"images": count, "top1": float(correct.mean()) if count else 0.0, "top5": top5,
             "classes": tuple(scores), "columns": tuple(columns),
@@ -241,7 +247,9 @@ def evaluate_files(
                               class_outputs=class_outputs, labels=loaded.labels,
                               max_mistakes=max_mistakes)
     return Evaluation(model=loaded.source, dataset=data.root, failures=tuple(failures),
-                      seconds=time.perf_counter() - started, **metrics)
+                      seconds=time.perf_counter() - started, architecture=loaded.spec.name,
+                      image_size=loaded.image_size, resize=resize.value,
+                      device=loaded.device, **metrics)
 
 
 def evaluate_folder(

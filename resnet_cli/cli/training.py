@@ -195,6 +195,12 @@ def evaluate(
     errors: Annotated[int, typer.Option(
         "--errors", min=0, metavar="N",
         help="List this many misclassified files (the most confident first).")] = 10,
+    report: Annotated[Path | None, typer.Option(
+        "--report", metavar="DIR", file_okay=False,
+        help="Also write DIR/index.html, a self-contained page (pictures embedded) with the "
+             "scores, the confusion matrix, the --errors mistakes as thumbnails and the "
+             "run's training curves, and DIR/confusion_matrix.png. DIR is created when "
+             "missing; files of these names in it are replaced.")] = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
@@ -203,19 +209,23 @@ def evaluate(
     Top-1 and top-5 accuracy, per-class precision/recall/F1, the confusion matrix and the
     files it got wrong. Class folders are matched to the model's classes by name: a finetuned
     model's own classes, or ImageNet WordNet ids (n01440764) or class names for ImageNet
-    models. Unreadable images are reported, left out, and make the exit code 1.
+    models. Unreadable images are reported, left out, and make the exit code 1. --report DIR
+    writes the same as an HTML page to open in a browser.
 
     Example: resnet evaluate data/test --weights runs/pets/model.keras --errors 5
     """
     from resnet_cli.evaluate import card_resize, evaluate_folder
     from resnet_cli.models import ModelOptions, load_model
     from resnet_cli.render.evaluate import render_evaluation, write_evaluation_json
+    from resnet_cli.render.report import check_report_dir, run_curves, write_report
 
     failures = FailureReporter()
     with user_errors():
         from resnet_cli.datasets import scan_class_folders
 
         scan_class_folders(data_dir)  # a bad layout fails before the model loads
+        if report is not None:
+            check_report_dir(report)
         loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
                                          device=device), progress=not quiet)
         result = evaluate_folder(str(data_dir), loaded, batch_size=batch_size,
@@ -225,4 +235,8 @@ def evaluate(
         write_evaluation_json(result, sys.stdout)
     else:
         render_evaluation(result, make_console())
+    if report is not None:
+        with user_errors():
+            index = write_report(result, report, curves=run_curves(weights))
+        make_console(stderr=True).print(f"report: {index}", markup=False)
     raise typer.Exit(failures.exit_code)

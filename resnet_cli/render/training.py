@@ -21,7 +21,8 @@ def epoch_line(record: EpochRecord, total: int) -> str:
 
 
 def render_finetune(result: FinetuneResult, console: Console) -> None:
-    """The table of epochs, then where the model is and how it scored."""
+    """The table of epochs, then where the model is, how it scored and where its training
+    curves are."""
     table = Table(title="training history")
     for name in ("epoch", "phase", "lr", "loss", "acc", "val_loss", "val_acc", "seconds"):
         table.add_column(name, justify="right")
@@ -38,3 +39,5 @@ def render_finetune(result: FinetuneResult, console: Console) -> None:
         m = result.metrics
         top5 = f", top-5 {m.top5:.4f}" if m.top5 is not None else ""
         console.print(f"validation accuracy {m.top1:.4f}{top5}")
+    if result.curves_path is not None:
+        console.print(f"curves: {result.curves_path}", markup=False)

@@ -33,7 +33,7 @@ from resnet_cli.datasets import (
     source_size,
     split_stratified,
 )
-from resnet_cli.errors import DatasetError, ImageError, ResnetCliError
+from resnet_cli.errors import DatasetError, ImageError, OutputError, ResnetCliError
 from resnet_cli.evaluate import Evaluation, evaluate_files
 from resnet_cli.models import (
     CARD_FILENAME,
@@ -101,6 +101,7 @@ class FinetuneResult:
     seconds: float  # training time of this invocation (fit calls, checkpoints included)
     resumed_from: int | None = None
     total_epochs: int = 0
+    curves_path: str | None = None  # curves.png in the run folder (None on other workers)
 
 
 @dataclass(frozen=True)
@@ -202,14 +203,14 @@ def finetune(
             f"Interrupted: {where}. Continue with: resnet finetune {opts.data_dir} --classes "
             f"{opts.classes} -o {run.run_dir} --resume") from None
     metrics = _evaluate(run, final, progress=progress)
-    _write_results(run, final, metrics, seconds)
+    curves = _write_results(run, final, metrics, seconds)
     return FinetuneResult(
         run_dir=str(run.run_dir), model_path=str(run.run_dir / "model.keras"),
         class_names=splits.data.class_names, train_images=source_size(data.train),
         val_images=source_size(data.val) if data.val else 0, skipped=tuple(data.skipped),
         history=tuple(run.book.history), metrics=metrics, seconds=seconds,
         resumed_from=int(state["epoch"]) if state is not None else None,
-        total_epochs=run.phases[-1].end)
+        total_epochs=run.phases[-1].end, curves_path=curves)
 
 
 # ----- data -------------------------------------------------------------------------------
@@ -445,12 +446,13 @@ def _evaluate(run: _Run, final: Any, *, progress: bool) -> Evaluation | None:
                           progress=progress)
 
 
-def _write_results(run: _Run, final: Any, metrics: Evaluation | None, seconds: float) -> None:
-    """model.keras, metrics.json and the finished config.json (on the chief; other workers
-    remove their scratch folder)."""
+def _write_results(run: _Run, final: Any, metrics: Evaluation | None, seconds: float
+                   ) -> str | None:
+    """model.keras, metrics.json, the finished config.json and curves.png (on the chief;
+    other workers remove their scratch folder); returns the path of curves.png, if drawn."""
     if not run.chief:
         shutil.rmtree(run.write_dir, ignore_errors=True)
-        return
+        return None
     with atomic_path(run.write_dir / "model.keras") as tmp:
         final.save(tmp)
     write_json(run.write_dir / "metrics.json", {
@@ -464,3 +466,15 @@ def _write_results(run: _Run, final: Any, metrics: Evaluation | None, seconds: f
     config["finished"] = now()
     config["training_seconds"] = round(seconds, 2)
     write_json(run.write_dir / CARD_FILENAME, config)
+    from resnet_cli.render.curves import CURVES_NAME, best_epoch, draw_curves, phase_boundaries
+
+    history = run.book.history
+    try:
+        return str(draw_curves(history, run.write_dir / CURVES_NAME,
+                               phase_boundaries=phase_boundaries(history),
+                               best_epoch=best_epoch(history)))
+    except OutputError:
+        raise
+    except Exception as exc:  # the model is saved: a picture that fails must not cost the run
+        log.warning("could not draw %s: %s", CURVES_NAME, exc)
+        return None
