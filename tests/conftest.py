@@ -161,3 +161,54 @@ def write_class_dataset(root: Path, per_class: int = 4) -> Path:
             pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels, "RGB").save(folder / f"{j}.png")
     return root
+
+
+# ----- exported models (test_export, test_runtimes): exported once per session ---------------
+
+@pytest.fixture(scope="session")
+def export_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """A tiny resnet50 classifier's weights (BatchNorm statistics randomised, so folding
+    matters) and a few calibration photos."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.applications.ResNet50(weights=None, input_shape=(TINY, TINY, 3))
+    randomise_batch_norm(model, seed=3)
+    folder = tmp_path_factory.mktemp("export_source")
+    weights = folder / "tiny.weights.h5"
+    model.save_weights(weights)
+    photos = [make_image(folder / f"p{i}.jpg", (90, 70), seed=40 + i) for i in range(8)]
+    return weights, photos
+
+
+@pytest.fixture(scope="session")
+def exported(export_source, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model exported once per session: name -> path."""
+    weights, photos = export_source
+    folder = tmp_path_factory.mktemp("exported")
+    from resnet_cli.export import ExportFormat, export_model
+    from resnet_cli.models import ModelOptions
+
+    options = ModelOptions(weights=str(weights), image_size=TINY, device="cpu")
+    backbone = ModelOptions(weights=str(weights), image_size=TINY, device="cpu",
+                            include_top=False, pooling="avg")
+    jobs = {
+        "saved_model": (options, ExportFormat.saved_model, "sm", {}),
+        "litert": (options, ExportFormat.litert, "m.tflite", {}),
+        "onnx": (options, ExportFormat.onnx, "m.onnx", {}),
+        "int8": (options, ExportFormat.litert, "m_int8.tflite",
+                 {"int8": True, "calibrate": [str(p) for p in photos]}),
+        "backbone": (backbone, ExportFormat.litert, "features.tflite", {}),
+    }
+    paths = {}
+    for name, (opts, fmt, filename, extra) in jobs.items():
+        paths[name] = export_model(opts, fmt, folder / filename, progress=False,
+                                   **extra).path  # type: ignore[arg-type]
+    return paths
+
+
+@pytest.fixture(scope="session")
+def keras_loaded(export_source):  # type: ignore[no-untyped-def]
+    from resnet_cli.models import ModelOptions, load_model
+
+    return load_model(ModelOptions(weights=str(export_source[0]), image_size=TINY))

@@ -141,8 +141,8 @@ def test_two_workers_train_together_and_resume_after_both_are_killed(tmp_path: P
 
     # The chief alone wrote the run folder; the other worker removed its scratch folder.
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoints", "config.json", "history.csv", "labels.txt", "metrics.json",
-        "model.keras"]
+        "checkpoints", "config.json", "curves.png", "history.csv", "labels.txt",
+        "metrics.json", "model.keras"]
     assert sorted(scratch.iterdir()) == left_by_the_kill
     history = _history(run)
     assert [int(row["epoch"]) for row in history] == list(range(1, epochs + 1))

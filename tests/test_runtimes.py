@@ -1,10 +1,8 @@
 """Exported files behind the predictor interface: classify, extract, evaluate and benchmark
 take --weights FILE.tflite/.onnx and behave as with the Keras model.
 
-The exported files are test_export's session fixtures, imported so that both modules share
-one export per session (hence F811: pytest passes them in under the same names).
+The exported files are session fixtures of conftest, shared with test_export.
 """
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY, make_image, write_class_dataset
-from test_export import export_source, exported  # noqa: F401  (session fixtures)
 from typer.testing import CliRunner
 
 from resnet_cli.cli import app

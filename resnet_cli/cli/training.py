@@ -36,8 +36,8 @@ ClassesOpt = Annotated[int, typer.Option(
     help="Number of classes; must equal the number of class folders in DATA_DIR.")]
 RunDirOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", metavar="RUN_DIR", file_okay=False,
-    help="Run folder for model.keras, config.json, labels.txt, history.csv, metrics.json "
-         "and checkpoints/. Default: runs/<data>-<model>-<date-time>.")]
+    help="Run folder for model.keras, config.json, labels.txt, history.csv, metrics.json, "
+         "curves.png and checkpoints/. Default: runs/<data>-<model>-<date-time>.")]
 EpochsOpt = Annotated[int | None, typer.Option(
     "--epochs", "-e", min=1, metavar="N", show_default=False,
     help="Epochs of phase 1 (the new head on a frozen backbone), or of the whole network "

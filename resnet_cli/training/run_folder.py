@@ -27,7 +27,8 @@ from resnet_cli.training.options import FinetuneOptions, plain
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
-RUN_FILES = ("model.keras", "labels.txt", "history.csv", "metrics.json", CARD_FILENAME)
+RUN_FILES = ("model.keras", "labels.txt", "history.csv", "metrics.json", "curves.png",
+             CARD_FILENAME)
 HISTORY_FIELDS = ("epoch", "phase", "lr", "loss", "accuracy", "val_loss", "val_accuracy",
                   "seconds")
 # Options that define a run: --resume refuses a command line that changes one of them.
