@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from resnet_cli.cards import ModelCard, model_card_dict
 from resnet_cli.devices import cpu_supports_bf16
 from resnet_cli.images import load_image
 from resnet_cli.inference import Predictor
-from resnet_cli.models import ModelCard, ModelOptions, load_model, model_card_dict
+from resnet_cli.models import ModelOptions, load_model
 from resnet_cli.photos import photo_like
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,13 +24,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from resnet_cli.backbones import feature_layer, find_backbone
 from resnet_cli.errors import ModelFileError, UsageError
 from resnet_cli.evaluate import card_resize
 from resnet_cli.folding import fold_batch_norm
 from resnet_cli.images import ResizeMode
 from resnet_cli.inference import FailureHandler, fitted_batch_size, iter_batches
 from resnet_cli.labels import ClassLabel
-from resnet_cli.models import LoadedModel, feature_layer, find_backbone
+from resnet_cli.models import LoadedModel
 
 if TYPE_CHECKING:
     import numpy as np

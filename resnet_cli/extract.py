@@ -201,8 +201,8 @@ def _write_features(
     """`write_features` for an output that the caller has already checked."""
     import numpy as np
 
+    from resnet_cli.backbones import build_feature_model, feature_layer, find_backbone
     from resnet_cli.inference import predict_paths
-    from resnet_cli.models import build_feature_model, feature_layer, find_backbone
 
     out_dtype = np.dtype(dtype.value)
     feature_model: Any = None

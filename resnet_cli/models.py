@@ -2,9 +2,10 @@
 
 A model is either a registry variant (ImageNet weights, random weights or a weights file) or a
 whole `.keras` model written by `resnet finetune`, which carries a model card (`config.json`
-beside it) with its base variant, input size, preprocessing and class names. Saved models
-take *preprocessed* float input, exactly like the Keras application they were built from;
-`inference.Predictor` applies the preprocessing named in the card.
+beside it, see `cards`) with its base variant, input size, preprocessing and class names.
+Saved models take *preprocessed* float input, exactly like the Keras application they were
+built from; `inference.Predictor` applies the preprocessing named in the card. Models that
+output features instead of classes are cut from a loaded one in `backbones`.
 
 Keras and TensorFlow are imported inside functions only, so importing this module is cheap.
 """
@@ -12,7 +13,6 @@ Keras and TensorFlow are imported inside functions only, so importing this modul
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resnet_cli.cards import CARD_FILENAME, ModelCard, read_model_card
 from resnet_cli.devices import (
     apply_device,
     import_tensorflow,
@@ -34,8 +35,6 @@ from resnet_cli.weights import load_imagenet_weights
 
 log = logging.getLogger(__name__)
 
-CARD_FILENAME = "config.json"  # model card beside a saved model.keras
-CARD_KEY = "resnet_cli_model"
 POOLING_CHOICES = ("avg", "max")
 
 
@@ -55,17 +54,6 @@ class ModelOptions:
     image_size: int | None = None
     device: str = "auto"
     precision: str = "fp32"  # "fp32" or "bf16" (mixed precision where the hardware has it)
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """Facts a saved model needs to be used correctly, stored beside it as `config.json`."""
-
-    base_model: str
-    image_size: int
-    preprocess_mode: str
-    class_names: list[str]
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -346,48 +334,6 @@ def _infer_spec(model: Any) -> ModelSpec:
     return MODELS[DEFAULT_MODEL]
 
 
-def read_model_card(model_path: Path) -> ModelCard | None:
-    """The card stored beside `model_path` (`config.json` with a `resnet_cli_model` entry)."""
-    card_path = model_path.parent / CARD_FILENAME
-    if not card_path.is_file():
-        return None
-    try:
-        data = json.loads(card_path.read_text())[CARD_KEY]
-        return ModelCard(
-            base_model=str(data["base_model"]),
-            image_size=int(data["image_size"]),
-            preprocess_mode=str(data["preprocess_mode"]),
-            class_names=[str(n) for n in data["class_names"]],
-            extra={k: v for k, v in data.items() if k not in
-                   ("base_model", "image_size", "preprocess_mode", "class_names")},
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelFileError(f"{card_path} is not a valid resnet model card: {exc}") from exc
-
-
-def model_card_dict(card: ModelCard) -> dict[str, Any]:
-    """The JSON form of `card`, under the key `read_model_card` looks for."""
-    return {CARD_KEY: {"base_model": card.base_model, "image_size": card.image_size,
-                       "preprocess_mode": card.preprocess_mode,
-                       "class_names": list(card.class_names), **card.extra}}
-
-
-def find_backbone(model: Any) -> Any:
-    """The ResNet inside `model`: a nested model named like a variant (finetuned `.keras`
-    models), the only nested model, or `model` itself (a plain application model)."""
-    import keras
-
-    from resnet_cli.registry import MODELS
-
-    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    for layer in nested:
-        if layer.name in MODELS:
-            return layer
-    if nested:
-        return max(nested, key=lambda layer: len(layer.layers))
-    return model
-
-
 def load_backbone_weights(backbone: Any, spec: ModelSpec, weights: str, *,
                           progress: bool | None = None) -> str:
     """Load ImageNet weights, a weights file (of the variant, with or without its classifier)
@@ -405,6 +351,8 @@ def load_backbone_weights(backbone: Any, spec: ModelSpec, weights: str, *,
         return f"imagenet ({path.name})"
     path = existing_weights_file(weights)
     if path.name.endswith(".keras"):
+        from resnet_cli.backbones import find_backbone  # backbones builds on this module
+
         source = load_saved_model(path).model
         copied = _copy_by_name(find_backbone(source), backbone)
         if not copied:
@@ -439,94 +387,3 @@ def _copy_by_name(source: Any, target: Any) -> int:
         layer.set_weights(values)
         copied += 1
     return copied
-
-
-def build_feature_model(loaded: LoadedModel, *, pooling: str | None = "avg",
-                        layer: str | None = None) -> Any:
-    """A Keras model from preprocessed images to features, sharing `loaded`'s weights.
-
-    The features are the output of the backbone's last layer with a spatial (h, w, C) output
-    (the last conv stage), or of the layer named `layer` inside the backbone, pooled to one
-    vector per image ("avg", "max") or left as the map (None). For a finetuned `.keras` model
-    the backbone is its nested ResNet; its classifier head is left out.
-
-    Raises:
-        UsageError: a bad pooling, a layer name the backbone does not have (the message
-            suggests close names), or pooling asked of a layer that has no spatial output.
-        ModelFileError: the model has no layer with a spatial output.
-    """
-    import_tensorflow()
-    import keras
-
-    pooling = validate_pooling(pooling, include_top=False)
-    outer = loaded.model
-    backbone = find_backbone(outer)
-    target = feature_layer(backbone, layer)
-    rank = _output_rank(target)
-    if rank is None:
-        raise UsageError(f"--layer {target.name} is used more than once in {backbone.name}; "
-                         "its output is ambiguous. Choose another layer.")
-    features = target.output
-    if pooling is not None:
-        if rank != 4:
-            raise UsageError(f"--layer {target.name} outputs shape {tuple(features.shape)}, "
-                             "not an (h, w, C) map to pool: add --pooling none.")
-        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" \
-            else keras.layers.GlobalMaxPooling2D
-        features = pool(name=f"feature_{pooling}_pool")(features)
-    model = keras.Model(_single(backbone.inputs), features, name=f"{backbone.name}_features")
-    if backbone is not outer:
-        # Layers between the outer input and the backbone (augmentation, resizing) stay in.
-        nodes = getattr(backbone, "_inbound_nodes", [])
-        feeds = list(nodes[0].input_tensors) if len(nodes) == 1 else []
-        if len(feeds) == 1 and not any(feeds[0] is x for x in outer.inputs):
-            model = keras.Model(_single(outer.inputs), model(feeds[0]), name=model.name)
-    return model
-
-
-def _single(inputs: list[Any]) -> Any:
-    # A one-input model built from a list expects a list when called, and warns otherwise.
-    return inputs[0] if len(inputs) == 1 else inputs
-
-
-def feature_layer(backbone: Any, layer: str | None = None) -> Any:
-    """The layer of `backbone` that features come from: `layer` by name, or by default the
-    last one with an (h, w, C) output (the last conv stage, e.g. conv5_block3_out).
-
-    Raises:
-        UsageError: no layer of that name (the message suggests close names).
-        ModelFileError: no layer has a spatial output.
-    """
-    if layer is not None:
-        return _named_layer(backbone, layer)
-    spatial = [lay for lay in backbone.layers if _output_rank(lay) == 4]
-    if not spatial:
-        raise ModelFileError(f"{backbone.name} has no layer with an (h, w, C) output to take "
-                             "features from.")
-    return spatial[-1]
-
-
-def _output_rank(layer: Any) -> int | None:
-    try:
-        return len(layer.output.shape)
-    except (AttributeError, ValueError):  # never called, or called more than once
-        return None
-
-
-def _named_layer(backbone: Any, name: str) -> Any:
-    import difflib
-
-    names = [layer.name for layer in backbone.layers]
-    if name in names:
-        return backbone.get_layer(name)
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    if close:
-        hint = f"did you mean {', '.join(close)}?"
-    else:
-        stage_ends: dict[str, str] = {}
-        for candidate in names:  # the last block output of each stage, e.g. conv4_block6_out
-            if candidate.endswith("_out") and "_block" in candidate:
-                stage_ends[candidate.split("_block")[0]] = candidate
-        examples = ", ".join(stage_ends.values()) or ", ".join(names[-3:])
-        hint = f"stage outputs are {examples}."
-    raise UsageError(f"--layer '{name}' is not a layer of {backbone.name}; {hint}")

@@ -32,7 +32,7 @@ def finetuned(tmp_path_factory) -> tuple[Path, Path, object]:
     and a 3-class dataset of 3 images each. Returns (model path, data dir, keras model)."""
     import keras
 
-    from resnet_cli.models import ModelCard, model_card_dict
+    from resnet_cli.cards import ModelCard, model_card_dict
     from resnet_cli.registry import get_spec
     from resnet_cli.training import build_classifier
 

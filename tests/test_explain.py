@@ -134,7 +134,7 @@ def test_heatmap_peak_falls_on_the_shape(shapes_model, shapes_loaded) -> None:
 def test_heatmaps_are_class_activation_maps(shapes_model, shapes_loaded) -> None:
     """With average pooling and a Dense head, the logit's gradient is the class's Dense
     weights, so Grad-CAM is relu(features . W[:, c]) scaled to a peak of 1 (CAM)."""
-    from resnet_cli.models import build_feature_model
+    from resnet_cli.backbones import build_feature_model
 
     paths = shapes_model["paths"][:6]
     setup, explanations = _explain(shapes_loaded, paths, top_k=2, batch_size=4)

@@ -15,16 +15,12 @@ import numpy as np
 import pytest
 from conftest import TINY, make_image
 
+from resnet_cli.backbones import build_feature_model
+from resnet_cli.cards import CARD_FILENAME, ModelCard, model_card_dict
 from resnet_cli.cli import app
 from resnet_cli.extract import Shard, parse_shard, write_features
 from resnet_cli.images import ResizeMode
-from resnet_cli.models import (
-    CARD_FILENAME,
-    LoadedModel,
-    ModelCard,
-    build_feature_model,
-    model_card_dict,
-)
+from resnet_cli.models import LoadedModel
 from resnet_cli.registry import get_spec
 
 EARLY = "conv2_block1_out"  # 256 channels, 16x16 at 64 px

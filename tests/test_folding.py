@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import all_layers, randomise_batch_norm
 
+from resnet_cli.backbones import build_feature_model
 from resnet_cli.folding import fold_batch_norm
-from resnet_cli.models import ModelOptions, build_feature_model, dtype_policy, load_model
+from resnet_cli.models import ModelOptions, dtype_policy, load_model
 from resnet_cli.registry import get_spec
 from resnet_cli.training import build_classifier
 

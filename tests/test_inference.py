@@ -145,7 +145,8 @@ def test_batches_split_across_replicas_match_one_device(tmp_path: Path) -> None:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from resnet_cli.inference import Predictor
-        from resnet_cli.models import ModelOptions, build_feature_model, load_model
+        from resnet_cli.backbones import build_feature_model
+        from resnet_cli.models import ModelOptions, load_model
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
             loaded = load_model(ModelOptions(weights="none", include_top=False,

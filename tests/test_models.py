@@ -7,14 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
+from resnet_cli.cards import ModelCard, model_card_dict
 from resnet_cli.errors import ModelFileError, UsageError, WeightsError
-from resnet_cli.models import (
-    ModelCard,
-    ModelOptions,
-    load_model,
-    model_card_dict,
-    validate_pooling,
-)
+from resnet_cli.models import ModelOptions, load_model, validate_pooling
 
 UNREACHABLE = "http://127.0.0.1:9/"
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from resnet_cli import devices
+from resnet_cli.cards import ModelCard, model_card_dict
 from resnet_cli.inference import Predictor
-from resnet_cli.models import ModelCard, ModelOptions, load_model, model_card_dict
+from resnet_cli.models import ModelOptions, load_model
 
 
 @pytest.fixture

@@ -51,8 +51,8 @@ def test_classify_with_exported_file_gives_keras_labels(
 
 def test_extract_with_exported_backbone(runner: CliRunner, exported, export_source, photos,
                                         tmp_path: Path) -> None:
+    from resnet_cli.backbones import build_feature_model
     from resnet_cli.inference import make_predictor
-    from resnet_cli.models import build_feature_model
 
     out = tmp_path / "f.npy"
     result = runner.invoke(app, ["extract", *photos, "--weights", str(exported["backbone"]),

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from resnet_cli.cards import ModelCard, model_card_dict
 from resnet_cli.cli import app
-from resnet_cli.models import ModelCard, ModelOptions, load_model, model_card_dict
+from resnet_cli.models import ModelOptions, load_model
 from resnet_cli.render.summary import format_count, format_shape
 from resnet_cli.summary import summarize_loaded
 

@@ -108,7 +108,8 @@ def load_export_source(options: ModelOptions, *, progress: bool | None = None
         UsageError: bad options (pooling with the classifier, bf16, a wrong image size).
         WeightsError / ModelFileError: from loading the model.
     """
-    from resnet_cli.models import build_feature_model, load_model, validate_pooling
+    from resnet_cli.backbones import build_feature_model
+    from resnet_cli.models import load_model, validate_pooling
     from resnet_cli.runtimes import exported_runtime
 
     if exported_runtime(options.weights) is not None:

@@ -53,8 +53,9 @@ def load_exported(path: Path, *, image_size: int | None = None) -> LoadedModel:
 
 
 def _loaded(path: Path, handle: Any, card: ExportCard, runtime: str) -> LoadedModel:
+    from resnet_cli.cards import ModelCard
     from resnet_cli.labels import build_labels, load_imagenet_labels
-    from resnet_cli.models import LoadedModel, ModelCard
+    from resnet_cli.models import LoadedModel
     from resnet_cli.registry import get_spec
 
     try:

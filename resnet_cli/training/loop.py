@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resnet_cli.cards import CARD_FILENAME, ModelCard, model_card_dict
 from resnet_cli.datasets import (
     ClassFolders,
     DecodedImages,
@@ -35,13 +36,7 @@ from resnet_cli.datasets import (
 )
 from resnet_cli.errors import DatasetError, ImageError, OutputError, ResnetCliError
 from resnet_cli.evaluate import Evaluation, evaluate_files
-from resnet_cli.models import (
-    CARD_FILENAME,
-    ModelCard,
-    dtype_policy,
-    load_backbone_weights,
-    model_card_dict,
-)
+from resnet_cli.models import dtype_policy, load_backbone_weights
 from resnet_cli.outputs import atomic_path
 from resnet_cli.registry import ModelSpec, get_spec
 from resnet_cli.training.distribute import is_chief, make_strategy

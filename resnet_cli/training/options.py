@@ -144,7 +144,8 @@ def resolve_options(options: FinetuneOptions) -> FinetuneOptions:
 
 def _check_weights(weights: str, spec: ModelSpec) -> None:
     """imagenet, none, a weights file, or a `.keras` model finetuned from `spec`."""
-    from resnet_cli.models import existing_weights_file, read_model_card
+    from resnet_cli.cards import read_model_card
+    from resnet_cli.models import existing_weights_file
 
     if weights.lower() in ("none", "imagenet"):
         return

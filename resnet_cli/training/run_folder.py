@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from resnet_cli.cards import CARD_FILENAME, ModelCard, model_card_dict
 from resnet_cli.datasets import ClassFolders
 from resnet_cli.errors import DatasetError, OutputError, UsageError
-from resnet_cli.models import CARD_FILENAME, ModelCard, model_card_dict
 from resnet_cli.outputs import atomic_open, atomic_path
 from resnet_cli.training.distribute import is_chief
 from resnet_cli.training.options import FinetuneOptions, plain
