@@ -165,6 +165,30 @@ def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) ->
         raise ImageError(path, f"cannot decode: {exc}") from None
 
 
+def load_upright_rgb(path: str, *, draft: Callable[[int, int], tuple[int, int]],
+                     purpose: str) -> Image.Image:
+    """The image at `path` read again to draw it (reports, heatmap overlays): RGB and upright
+    (EXIF), at its own size, except that a JPEG decodes at 1/2, 1/4 or 1/8 scale when that
+    still leaves the (width, height) that `draft(width, height)` asks for.
+
+    Raises:
+        ImageError: it can no longer be read ("cannot read it again `purpose`: ...").
+    """
+    from PIL import Image
+
+    try:
+        with open_regular_file(path) as handle, Image.open(handle) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and img.width * img.height > limit:
+                raise Image.DecompressionBombError(path)
+            if img.format == "JPEG":
+                img.draft("RGB", draft(img.width, img.height))
+            img.load()
+            return to_rgb(_exif_transpose(img))
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageError(path, f"cannot read it again {purpose}: {exc}") from None
+
+
 @cache
 def _quiet_pillow_bomb_warning() -> None:
     # load_image refuses anything over MAX_IMAGE_PIXELS itself; Pillow's own warning for the

@@ -9,7 +9,6 @@ command line starts as fast without it.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnet_cli.errors import ImageError, OutputError
-from resnet_cli.images import CROP_FRACTION, ResizeMode, open_regular_file, to_rgb
+from resnet_cli.images import CROP_FRACTION, ResizeMode, load_upright_rgb
 from resnet_cli.outputs import atomic_path, check_output_folder
 
 if TYPE_CHECKING:
@@ -336,20 +335,13 @@ def read_photo(path: str, *, max_side: int) -> Image.Image:
     Raises:
         ImageError: it can no longer be read.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    try:
-        with open_regular_file(path) as handle, Image.open(handle) as img:
-            if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that is enough
-                scale = max_side / max(img.size)
-                img.draft("RGB", (int(img.width * scale) + 1, int(img.height * scale) + 1))
-            img.load()
-            upright: Image.Image = img
-            with contextlib.suppress(Exception):  # a malformed EXIF block must not cost it
-                upright = ImageOps.exif_transpose(img)
-            rgb = to_rgb(upright)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ImageError(path, f"cannot read it again to draw it: {exc}") from None
+    def draft(width: int, height: int) -> tuple[int, int]:
+        scale = max_side / max(width, height)
+        return int(width * scale) + 1, int(height * scale) + 1
+
+    rgb = load_upright_rgb(path, draft=draft, purpose="to draw it")
     scale = max_side / max(rgb.size)
     size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
     # Pillow's bilinear filter widens with the scale, so it does not alias when it shrinks.

@@ -4,7 +4,8 @@
 opens from disk, or as a mail attachment, with no network and no other file. Beside it go
 `confusion_matrix.png` and, for a model from a finetune run folder, a copy of that run's
 `curves.png` (both embedded in the page as well). DIR is created when missing; the files of
-these names in it are replaced, each atomically, and nothing else there is touched.
+these names in it are replaced, each atomically, and nothing else there is touched. The
+confusion-matrix picture is drawn in `confusion`.
 
 matplotlib (Agg) and Pillow are imported inside the functions that draw, so the command line
 starts as fast without them.
@@ -16,18 +17,21 @@ import base64
 import contextlib
 import html
 import io
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from resnet_cli.errors import ImageError, OutputError
-from resnet_cli.images import open_regular_file, to_rgb
+from resnet_cli.images import load_upright_rgb
 from resnet_cli.outputs import atomic_path, check_output_folder
+from resnet_cli.render.confusion import (
+    GRID_MAX_COLUMNS,
+    PAIRS_SHOWN,
+    confused_pairs,
+    draw_confusion,
+)
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
 
     from resnet_cli.evaluate import Evaluation
 
@@ -35,25 +39,10 @@ INDEX_NAME = "index.html"
 MATRIX_NAME = "confusion_matrix.png"
 CURVES_NAME = "curves.png"  # the name finetune gives it in a run folder, and the copy here
 REPORT_FILES = (INDEX_NAME, MATRIX_NAME, CURVES_NAME)
-GRID_MAX_COLUMNS = 25  # above this, the picture shows the most confused pairs and a bare grid
-PAIRS_SHOWN = 20  # most confused pairs in the picture and the page, for many classes
-PAIRS_LISTED = 10  # the same in the page below a labelled grid (which shows them all)
+PAIRS_LISTED = 10  # most confused pairs in the page below a labelled grid (it shows all)
 GALLERY_MAX = 100  # thumbnails in the page at most (each is some 20-60 kB of base64)
 THUMB_SIDE = 192  # pixels of a thumbnail's longer side (shown at 160 CSS pixels)
 SMALL_THUMB = 96  # thumbnails smaller than this are enlarged with visible pixels, not blurred
-LABEL_CHARS = 18  # class names in the picture are shortened to this many characters
-DPI = 100
-
-
-@dataclass(frozen=True)
-class ConfusedPair:
-    """Images of class `true` predicted as `predicted`: how many, and the fraction of that
-    class's images."""
-
-    true: str
-    predicted: str
-    count: int
-    fraction: float
 
 
 def check_report_dir(folder: Path) -> None:
@@ -283,19 +272,6 @@ def _failures_section(result: Evaluation) -> str:
             f"<tbody>{rows}</tbody></table></section>")
 
 
-def confused_pairs(result: Evaluation, *, limit: int = PAIRS_SHOWN) -> list[ConfusedPair]:
-    """The off-diagonal cells of the confusion matrix with the most images (ties: the larger
-    fraction of the true class, then matrix order), at most `limit`."""
-    pairs = []
-    for i, (cls, row) in enumerate(zip(result.classes, result.confusion, strict=True)):
-        for j, count in enumerate(row):
-            if j != i and count:
-                pairs.append(ConfusedPair(cls.name, result.columns[j], count,
-                                          count / cls.support if cls.support else 0.0))
-    pairs.sort(key=lambda p: (-p.count, -p.fraction))
-    return pairs[:limit]
-
-
 def _escape(text: object) -> str:
     return html.escape(str(text), quote=True)
 
@@ -331,22 +307,10 @@ def thumbnail_png(path: str, *, max_side: int = THUMB_SIDE) -> bytes:
     Raises:
         ImageError: it can no longer be read.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    try:
-        with open_regular_file(path) as handle, Image.open(handle) as img:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and img.width * img.height > limit:
-                raise Image.DecompressionBombError(path)
-            if img.format == "JPEG":  # let libjpeg decode at 1/2, 1/4 or 1/8 scale
-                img.draft("RGB", (max_side, max_side))
-            img.load()
-            upright: Image.Image = img
-            with contextlib.suppress(Exception):  # a malformed EXIF block must not cost it
-                upright = ImageOps.exif_transpose(img)
-            rgb = to_rgb(upright)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ImageError(path, f"cannot read it again for the report: {exc}") from None
+    rgb = load_upright_rgb(path, draft=lambda width, height: (max_side, max_side),
+                           purpose="for the report")
     rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     rgb.save(out, format="PNG", optimize=False)
@@ -358,125 +322,6 @@ def _try_thumbnail(path: str) -> bytes | None:
         return thumbnail_png(path)
     except ImageError:
         return None
-
-
-# ----- the confusion-matrix picture --------------------------------------------------------
-
-def draw_confusion(result: Evaluation) -> bytes:
-    """The confusion matrix as PNG bytes: counts and row-normalised grids with class names
-    for up to 25 columns; beyond that, the most confused pairs as bars and the row-normalised
-    grid without labels."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    counts = [list(row) for row in result.confusion]
-    totals = [sum(row) for row in counts]
-    normalised = [[v / t if t else 0.0 for v in row] for row, t in zip(counts, totals,
-                                                                       strict=True)]
-    rows = [_label(c.name) for c in result.classes]
-    columns = [_label(c) for c in result.columns]
-    if len(result.columns) <= GRID_MAX_COLUMNS:
-        n_rows, n_cols = len(rows), len(columns)
-        longest = max((len(name) for name in [*rows, *columns]), default=1)
-        cell = 0.42 if n_cols <= 12 else 0.36
-        margin = 0.6 + 0.075 * longest  # room for the class names
-        panel_w, panel_h = n_cols * cell + margin + 0.9, n_rows * cell + margin + 0.7
-        side_by_side = n_cols <= 12
-        size = ((2 * panel_w, panel_h) if side_by_side else (panel_w, 2 * panel_h))
-        fig = Figure(figsize=(max(size[0], 6.0), max(size[1], 3.2)), dpi=DPI,
-                     facecolor="white", layout="constrained")
-        FigureCanvasAgg(fig)
-        left, right = fig.subplots(1, 2) if side_by_side else fig.subplots(2, 1)
-        _grid(left, counts, rows, columns, title="counts", fmt=lambda v: f"{int(v)}",
-              vmax=max((max(row) for row in counts), default=1) or 1)
-        _grid(right, normalised, rows, columns, title="row-normalised (% of the true class)",
-              fmt=lambda v: f"{v * 100:.0f}", vmax=1.0)
-    else:
-        pairs = confused_pairs(result, limit=PAIRS_SHOWN)
-        fig = Figure(figsize=(12.5, 7), dpi=DPI, facecolor="white", layout="constrained")
-        FigureCanvasAgg(fig)
-        left, right = fig.subplots(1, 2)
-        _pairs_chart(left, pairs)
-        _bare_grid(right, normalised, len(result.classes))
-    out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=DPI)
-    return out.getvalue()
-
-
-def _grid(ax: Axes, values: Sequence[Sequence[float]], rows: Sequence[str],
-          columns: Sequence[str], *, title: str, fmt: Any, vmax: float) -> None:
-    """A labelled heat map with each non-zero cell's value written in it."""
-    ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax, aspect="equal",
-              interpolation="nearest")
-    size = 9 if len(columns) <= 12 else 7
-    for i, row in enumerate(values):
-        for j, value in enumerate(row):
-            if value:
-                text = fmt(value)
-                if text in ("0", "-0"):
-                    text = "<1"  # a row-normalised cell under 0.5 %
-                ax.text(j, i, text, ha="center", va="center", fontsize=size,
-                        color="white" if value > 0.55 * vmax else "#1a1a1a")
-    ax.set_xticks(range(len(columns)), columns, rotation=45 if _long(columns) else 0,
-                  ha="right" if _long(columns) else "center", fontsize=size)
-    ax.set_yticks(range(len(rows)), rows, fontsize=size)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=11)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.set_xticks([x - 0.5 for x in range(1, len(columns))], minor=True)
-    ax.set_yticks([y - 0.5 for y in range(1, len(rows))], minor=True)
-    ax.grid(which="minor", color="white", linewidth=1)
-    ax.tick_params(which="minor", length=0)
-
-
-def _pairs_chart(ax: Axes, pairs: Sequence[ConfusedPair]) -> None:
-    """Horizontal bars: images of each (true, predicted) pair, the most confused on top."""
-    if not pairs:
-        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return
-    labels = [f"{_label(p.true)} → {_label(p.predicted)}" for p in pairs]
-    positions = list(range(len(pairs)))
-    ax.barh(positions, [p.count for p in pairs], color="#4a7fb5")
-    ax.set_yticks(positions, labels, fontsize=9)
-    ax.invert_yaxis()
-    for y, p in zip(positions, pairs, strict=True):
-        ax.text(p.count, y, f" {p.count} ({p.fraction:.0%})", va="center", fontsize=9)
-    ax.set_xlim(0, max(p.count for p in pairs) * 1.25)
-    ax.set_xlabel("images (and the fraction of the true class)")
-    ax.set_title(f"the {len(pairs)} most confused pairs (true → predicted)", fontsize=11)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-
-
-def _bare_grid(ax: Axes, values: Sequence[Sequence[float]], n_rows: int) -> None:
-    """The row-normalised matrix without labels: the diagonal and the hot spots off it."""
-    from matplotlib.colors import PowerNorm
-    from matplotlib.ticker import MaxNLocator
-
-    # A square-root scale: one image in ten of a class still shows off the diagonal.
-    image = ax.imshow(values, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1),
-                      aspect="equal", interpolation="nearest")
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="fraction of the true class")
-    ax.set_title(f"row-normalised, {n_rows} classes (by their # in the table below)",
-                 fontsize=11)
-    ax.set_xlabel("predicted (class index)")
-    ax.set_ylabel("true (class index)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _label(name: str) -> str:
-    """A class name as matplotlib text: shortened, and `$` kept literal (no mathtext)."""
-    short = name if len(name) <= LABEL_CHARS else name[:LABEL_CHARS - 1] + "…"
-    return short.replace("$", r"\$")
-
-
-def _long(names: Iterable[str]) -> bool:
-    return any(len(name) > 3 for name in names)
 
 
 STYLE = """
