@@ -11,9 +11,10 @@ applications), `config.json` (every resolved option, package versions and the mo
 `--resume`).
 
 Modules: `options` (what was asked, checked without TensorFlow), `run_folder` (the files of a
-run), `head` (the classifier and each phase's optimizer), `distribute` (strategies), `engine`
-(the distributed train and evaluation steps, and precise BatchNorm statistics), `epochs` (the
-epochs of a phase) and `loop` (`finetune()` itself).
+run), `data` (the training and validation images, decoded or streamed), `head` (the classifier
+and each phase's optimizer), `distribute` (strategies), `engine` (the distributed train and
+evaluation steps, and precise BatchNorm statistics), `epochs` (the epochs of a phase) and
+`loop` (`finetune()` itself).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """`finetune()`: load the data, build or restore the model, train each phase, write the run.
 
-The steps are named functions over one `_Run` record: `_scan` and `_decode` (the data),
-`_start_runtime` (device and strategy), `_open_run` (the run folder and config.json),
-`_train` (build or restore, then `_fit_phase` for each phase), `_evaluate` and
-`_write_results`.
+The steps are named functions over one `_Run` record: `scan_splits` and
+`load_training_data` (the data, in `training.data`), `_start_runtime` (device and strategy),
+`_open_run` (the run folder and config.json), `_train` (build or restore, then `_fit_phase`
+for each phase), `_evaluate` and `_write_results`.
 """
 
 from __future__ import annotations
@@ -20,25 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from resnet_cli.cards import CARD_FILENAME, ModelCard, model_card_dict
-from resnet_cli.datasets import (
-    ClassFolders,
-    DecodedImages,
-    ImageSource,
-    StreamedImages,
-    decode_all,
-    fits_in_memory,
-    make_augmenter,
-    make_dataset,
-    scan_class_folders,
-    source_labels,
-    source_size,
-    split_stratified,
-)
-from resnet_cli.errors import DatasetError, ImageError, OutputError, ResnetCliError
+from resnet_cli.datasets import make_augmenter, make_dataset, source_size
+from resnet_cli.errors import ImageError, OutputError, ResnetCliError
 from resnet_cli.evaluate import Evaluation, evaluate_files
 from resnet_cli.models import dtype_policy, load_backbone_weights
 from resnet_cli.outputs import atomic_path
 from resnet_cli.registry import ModelSpec, get_spec
+from resnet_cli.training.data import (
+    TrainingData,
+    dataset_info,
+    load_training_data,
+    scan_splits,
+)
 from resnet_cli.training.distribute import is_chief, make_strategy
 from resnet_cli.training.engine import PRECISE_BN_BATCHES, Engine
 from resnet_cli.training.epochs import EarlyStopping, PhaseData, run_epochs
@@ -53,7 +46,6 @@ from resnet_cli.training.head import (
     set_trainable,
 )
 from resnet_cli.training.options import (
-    ClassWeight,
     FinetuneOptions,
     Phase,
     phase_plan,
@@ -100,29 +92,6 @@ class FinetuneResult:
 
 
 @dataclass(frozen=True)
-class _Splits:
-    """The dataset, split into training and validation images."""
-
-    data: ClassFolders
-    train: ClassFolders
-    val: ClassFolders
-    val_source: str  # how the validation images were chosen, for config.json
-
-
-@dataclass(frozen=True)
-class _Data:
-    """The images as training reads them, and the batch set-up they allow."""
-
-    splits: _Splits
-    train: ImageSource
-    val: ImageSource | None
-    skipped: list[ImageError]
-    batch: int
-    steps: int
-    class_weights: list[float] | None
-
-
-@dataclass(frozen=True)
 class _Runtime:
     device: str
     strategy: Any  # tf.distribute.Strategy
@@ -136,7 +105,7 @@ class _Run:
 
     opts: FinetuneOptions
     spec: ModelSpec
-    data: _Data
+    data: TrainingData
     runtime: _Runtime
     state: dict[str, Any] | None  # checkpoints/state.json of a resumed run
     phases: list[Phase]
@@ -183,11 +152,11 @@ def finetune(
     opts, state = prepare_run_dir(opts, explicit)
     if state is not None:
         opts = resolve_options(dataclasses.replace(opts, resume=True))
-    splits = _scan(opts)
+    splits = scan_splits(opts)
     if state is not None:
         check_same_dataset(Path(str(opts.run_dir)), splits.data, warn)
     runtime = _start_runtime(opts)
-    data = _decode(opts, splits, progress=progress, warn=warn)
+    data = load_training_data(opts, splits, progress=progress, warn=warn)
     run = _open_run(opts, data, runtime, state, on_epoch)
     try:
         final, seconds = _train(run, progress=progress, warn=warn)
@@ -208,69 +177,6 @@ def finetune(
         total_epochs=run.phases[-1].end, curves_path=curves)
 
 
-# ----- data -------------------------------------------------------------------------------
-
-def _scan(opts: FinetuneOptions) -> _Splits:
-    data = scan_class_folders(opts.data_dir, classes=opts.classes)
-    if opts.val_dir:
-        val = scan_class_folders(opts.val_dir, known_classes=data.class_names)
-        return _Splits(data, data, val, opts.val_dir)
-    train, val = split_stratified(data, opts.val_split, opts.seed)
-    return _Splits(data, train, val,
-                   f"{opts.val_split:g} of {opts.data_dir} (stratified, seed {opts.seed})")
-
-
-def _decode(opts: FinetuneOptions, splits: _Splits, *, progress: bool,
-            warn: Callable[[str], None]) -> _Data:
-    """Decode (or prepare to stream) both splits; size the batches."""
-    skipped: list[ImageError] = []
-
-    def skip(error: ImageError) -> None:
-        skipped.append(error)
-        warn(f"skipping {error.path}: {error.reason}")
-
-    train = _load_source(splits.train, opts, progress, skip, "decoding train")
-    val = (_load_source(splits.val, opts, progress, skip, "decoding val")
-           if splits.val.paths else None)
-    count = source_size(train)
-    if isinstance(train, DecodedImages):
-        present = set(source_labels(train))
-        missing = [name for i, name in enumerate(splits.data.class_names) if i not in present]
-        if missing:
-            raise DatasetError(f"No readable training image left for class "
-                               f"{', '.join(missing)} after skipping unreadable files.")
-    batch = opts.batch_size
-    if count < batch:
-        warn(f"only {count} training images: using batches of {count} instead of {batch}")
-        batch = count
-    class_weights = (_balanced_weights(source_labels(train), len(splits.data.class_names))
-                     if opts.class_weight is ClassWeight.auto else None)
-    return _Data(splits, train, val, skipped, batch, max(1, count // batch), class_weights)
-
-
-def _load_source(data: ClassFolders, opts: FinetuneOptions, progress: bool,
-                 skip: Callable[[ImageError], None], desc: str) -> ImageSource:
-    size = int(opts.image_size or 0)
-    if fits_in_memory(len(data.paths), size, opts.memory_budget):
-        decoded = decode_all(data, size=size, resize=opts.resize, progress=progress, desc=desc,
-                             on_failure=skip)
-        if not decoded.paths:
-            raise DatasetError(f"None of the {len(data.paths)} images in {data.root} could be "
-                               "read.")
-        return decoded
-    log.info("%d images do not fit the memory budget: decoding them on the fly",
-             len(data.paths))
-    return StreamedImages(data, size, opts.resize, on_failure=skip)
-
-
-def _balanced_weights(labels: list[int], classes: int) -> list[float]:
-    """Balanced weights: n / (classes * n_c), so every class weighs the same in the loss."""
-    counts = [0] * classes
-    for label in labels:
-        counts[label] += 1
-    return [len(labels) / (classes * c) if c else 0.0 for c in counts]
-
-
 # ----- set-up -----------------------------------------------------------------------------
 
 def _start_runtime(opts: FinetuneOptions) -> _Runtime:
@@ -288,7 +194,7 @@ def _start_runtime(opts: FinetuneOptions) -> _Runtime:
     return _Runtime(device, strategy, on_gpu, "auto" if on_gpu else False)
 
 
-def _open_run(opts: FinetuneOptions, data: _Data, runtime: _Runtime,
+def _open_run(opts: FinetuneOptions, data: TrainingData, runtime: _Runtime,
               state: dict[str, Any] | None,
               on_epoch: Callable[[EpochRecord, int], None] | None) -> _Run:
     """Create the run folder's bookkeeping and config.json (written once the model is
@@ -306,7 +212,7 @@ def _open_run(opts: FinetuneOptions, data: _Data, runtime: _Runtime,
     done = int(state["epoch"]) if state is not None else 0
     history = read_history(run_dir / "history.csv")[:done] if state is not None else []
     book = RunBook(run_dir, write_dir, phases[-1].end, opts.keep_checkpoints, history, on_epoch)
-    config = run_config(opts, card, data.splits.data, _dataset_info(data),
+    config = run_config(opts, card, data.splits.data, dataset_info(data),
                         _training_info(opts, data, runtime))
     if state is not None:
         previous = json.loads((run_dir / CARD_FILENAME).read_text())
@@ -323,14 +229,7 @@ def _open_run(opts: FinetuneOptions, data: _Data, runtime: _Runtime,
                 augment, val_ds)
 
 
-def _dataset_info(data: _Data) -> dict[str, Any]:
-    return {"files": len(data.splits.data.paths), "train_images": source_size(data.train),
-            "val_images": source_size(data.val) if data.val else 0,
-            "validation": data.splits.val_source if data.splits.val.paths else None,
-            "in_memory": isinstance(data.train, DecodedImages)}
-
-
-def _training_info(opts: FinetuneOptions, data: _Data, runtime: _Runtime) -> dict[str, Any]:
+def _training_info(opts: FinetuneOptions, data: TrainingData, runtime: _Runtime) -> dict[str, Any]:
     return {"batch_size": data.batch, "steps_per_epoch": data.steps, "dropout": DROPOUT,
             "batchnorm": "frozen, inference mode (pretrained)" if opts.pretrained else
             f"training mode, momentum {SCRATCH_BN_MOMENTUM}; statistics recomputed with the "
