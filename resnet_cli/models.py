@@ -22,6 +22,7 @@ from typing import Any
 
 from resnet_cli.cards import CARD_FILENAME, ModelCard, read_model_card
 from resnet_cli.devices import (
+    DeviceRequest,
     apply_device,
     import_tensorflow,
     parse_device,
@@ -90,18 +91,7 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
     if _exported_runtime(weights) is not None:
         return _load_exported(weights, options)
     if weights.lower().endswith(".keras"):
-        path = existing_weights_file(weights)
-        device = apply_device(request)
-        policy = precision_policy(options.precision, device)
-        loaded = load_saved_model(path)
-        loaded.device = device
-        if policy != "float32":
-            # A saved model stores each layer's dtype policy, so the global policy would not
-            # reach it: switch its layers in place (variables stay float32).
-            _set_layer_policies(loaded.model, policy)
-            _keep_classifier_float32(loaded.model)
-        loaded.policy = policy
-        return loaded
+        return _load_saved_on_device(existing_weights_file(weights), request, options.precision)
 
     spec = get_spec(options.model)
     pooling = validate_pooling(options.pooling, include_top=options.include_top)
@@ -113,18 +103,8 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
             f"{spec.default_size} input; got --image-size {size}. Use --image-size "
             f"{spec.default_size}, or --no-include-top for features at other sizes."
         )
-    weights_path: Path | None = None
-    if kind == "imagenet":
-        weights_path = load_imagenet_weights(
-            imagenet_weights_file(spec, include_top=options.include_top), progress=progress
-        )
-        source = f"{spec.name} (ImageNet weights)"
-    elif kind in ("none", ""):
-        source = f"{spec.name} (random weights)"
-    else:
-        weights_path = existing_weights_file(weights)
-        source = f"{spec.name} ({weights_path})"
-
+    weights_path, source = _weights_source(spec, weights, include_top=options.include_top,
+                                           progress=progress)
     device = apply_device(request)
     policy = precision_policy(options.precision, device)
     with dtype_policy(policy):
@@ -144,6 +124,36 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
         device=device,
         policy=policy,
     )
+
+
+def _load_saved_on_device(path: Path, request: DeviceRequest, precision: str) -> LoadedModel:
+    """A whole `.keras` model (`load_saved_model`) on the requested device and precision."""
+    device = apply_device(request)
+    policy = precision_policy(precision, device)
+    loaded = load_saved_model(path)
+    loaded.device = device
+    if policy != "float32":
+        # A saved model stores each layer's dtype policy, so the global policy would not
+        # reach it: switch its layers in place (variables stay float32).
+        _set_layer_policies(loaded.model, policy)
+        _keep_classifier_float32(loaded.model)
+    loaded.policy = policy
+    return loaded
+
+
+def _weights_source(spec: ModelSpec, weights: str, *, include_top: bool,
+                    progress: bool | None) -> tuple[Path | None, str]:
+    """The weights file to load into a registry variant (None: random weights, ImageNet's
+    fetched when missing), and how messages name the model."""
+    kind = weights.lower()
+    if kind == "imagenet":
+        path = load_imagenet_weights(imagenet_weights_file(spec, include_top=include_top),
+                                     progress=progress)
+        return path, f"{spec.name} (ImageNet weights)"
+    if kind in ("none", ""):
+        return None, f"{spec.name} (random weights)"
+    path = existing_weights_file(weights)
+    return path, f"{spec.name} ({path})"
 
 
 @contextlib.contextmanager

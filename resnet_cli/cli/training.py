@@ -27,6 +27,7 @@ from resnet_cli.render import make_console
 from resnet_cli.training.options import DEFAULTS, ClassWeight, FinetuneOptions, Strategy
 
 if TYPE_CHECKING:
+    from resnet_cli.evaluate import Evaluation
     from resnet_cli.training import EpochRecord
 
 # Options of `finetune` only (shared ones come from cli.options). Their defaults are those of
@@ -217,15 +218,10 @@ def evaluate(
     from resnet_cli.evaluate import card_resize, evaluate_folder
     from resnet_cli.models import ModelOptions, load_model
     from resnet_cli.render.evaluate import render_evaluation, write_evaluation_json
-    from resnet_cli.render.report import check_report_dir, run_curves, write_report
 
     failures = FailureReporter()
     with user_errors():
-        from resnet_cli.datasets import scan_class_folders
-
-        scan_class_folders(data_dir)  # a bad layout fails before the model loads
-        if report is not None:
-            check_report_dir(report)
+        _check_outputs(data_dir, report)
         loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
                                          device=device), progress=not quiet)
         result = evaluate_folder(str(data_dir), loaded, batch_size=batch_size,
@@ -236,7 +232,25 @@ def evaluate(
     else:
         render_evaluation(result, make_console())
     if report is not None:
-        with user_errors():
-            index = write_report(result, report, curves=run_curves(weights))
-        make_console(stderr=True).print(f"report: {index}", markup=False)
+        _write_html_report(result, report, weights)
     raise typer.Exit(failures.exit_code)
+
+
+def _check_outputs(data_dir: Path, report: Path | None) -> None:
+    """Fail on a bad dataset layout or an unwritable --report before the model loads."""
+    from resnet_cli.datasets import scan_class_folders
+    from resnet_cli.render.report import check_report_dir
+
+    scan_class_folders(data_dir)
+    if report is not None:
+        check_report_dir(report)
+
+
+def _write_html_report(result: Evaluation, folder: Path, weights: str) -> None:
+    """`--report DIR`: write the page (with the curves of the model's run folder, if any) and
+    say where it is on stderr."""
+    from resnet_cli.render.report import run_curves, write_report
+
+    with user_errors():
+        index = write_report(result, folder, curves=run_curves(weights))
+    make_console(stderr=True).print(f"report: {index}", markup=False)

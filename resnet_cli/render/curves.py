@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from resnet_cli.outputs import atomic_path
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
     from resnet_cli.training.run_folder import EpochRecord
 
 CURVES_NAME = "curves.png"
@@ -57,7 +59,6 @@ def draw_curves(history: Sequence[EpochRecord], path: Path, *,
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     epochs = [r.epoch for r in history]
     fig = Figure(figsize=(11, 4.2), dpi=DPI, facecolor="white", layout="constrained")
@@ -68,36 +69,63 @@ def draw_curves(history: Sequence[EpochRecord], path: Path, *,
               (acc_ax, "accuracy", [r.accuracy for r in history],
                [r.val_accuracy for r in history]))
     for ax, name, train, val in panels:
-        ax.plot(epochs, train, color=TRAIN_COLOUR, marker=marker, markersize=4, linewidth=1.8,
-                label="training")
-        if any(v is not None for v in val):
-            ax.plot(epochs, [float("nan") if v is None else v for v in val], color=VAL_COLOUR,
-                    marker=marker, markersize=4, linewidth=1.8, linestyle="--",
-                    label="validation")
-        for number, boundary in enumerate(phase_boundaries, start=2):
-            ax.axvline(boundary + 0.5, color="#777777", linestyle=":", linewidth=1.4,
-                       label=f"phase {number} starts (epoch {boundary + 1})")
-        if best_epoch is not None and best_epoch in epochs:
-            row = epochs.index(best_epoch)
-            if len(epochs) > 1:
-                ax.axvspan(best_epoch - 0.3, best_epoch + 0.3, color=BEST_COLOUR, alpha=0.12,
-                           linewidth=0)
-            shown = val[row] if val[row] is not None else train[row]
-            ax.plot([best_epoch], [shown], linestyle="none", marker="o", markersize=11,
-                    markerfacecolor="none", markeredgecolor=BEST_COLOUR, markeredgewidth=2,
-                    label=f"best epoch ({best_epoch})")
-        ax.set_title(name, fontsize=12)
-        ax.set_xlabel("epoch")
-        ax.set_xlim(0.5, max(epochs, default=1) + 0.5)
-        if len(epochs) <= MAX_EPOCH_TICKS:
-            ax.set_xticks(epochs)
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, color="#e5e5e5", linewidth=0.8)
-        ax.set_axisbelow(True)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        _draw_panel(ax, name, epochs, train, val, marker=marker,
+                    phase_boundaries=phase_boundaries, best_epoch=best_epoch)
     acc_ax.set_ylim(bottom=min(0.0, acc_ax.get_ylim()[0]), top=1.02)
+    _scale_loss_axis(loss_ax, history)
+    if best_epoch is not None:
+        fig.suptitle(_best_line(history, best_epoch), fontsize=10, color="#333333")
+    handles, labels = acc_ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9,
+               frameon=False)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return path
+
+
+def _draw_panel(ax: Axes, name: str, epochs: list[int], train: Sequence[float],
+                val: Sequence[float | None], *, marker: str | None,
+                phase_boundaries: Sequence[int], best_epoch: int | None) -> None:
+    """One panel: the training and validation curves of `name`, the phase boundaries and the
+    best epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.plot(epochs, train, color=TRAIN_COLOUR, marker=marker, markersize=4, linewidth=1.8,
+            label="training")
+    if any(v is not None for v in val):
+        ax.plot(epochs, [float("nan") if v is None else v for v in val], color=VAL_COLOUR,
+                marker=marker, markersize=4, linewidth=1.8, linestyle="--",
+                label="validation")
+    for number, boundary in enumerate(phase_boundaries, start=2):
+        ax.axvline(boundary + 0.5, color="#777777", linestyle=":", linewidth=1.4,
+                   label=f"phase {number} starts (epoch {boundary + 1})")
+    if best_epoch is not None and best_epoch in epochs:
+        row = epochs.index(best_epoch)
+        if len(epochs) > 1:
+            ax.axvspan(best_epoch - 0.3, best_epoch + 0.3, color=BEST_COLOUR, alpha=0.12,
+                       linewidth=0)
+        best_value = val[row]
+        shown = best_value if best_value is not None else train[row]
+        ax.plot([best_epoch], [shown], linestyle="none", marker="o", markersize=11,
+                markerfacecolor="none", markeredgecolor=BEST_COLOUR, markeredgewidth=2,
+                label=f"best epoch ({best_epoch})")
+    ax.set_title(name, fontsize=12)
+    ax.set_xlabel("epoch")
+    ax.set_xlim(0.5, max(epochs, default=1) + 0.5)
+    if len(epochs) <= MAX_EPOCH_TICKS:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _scale_loss_axis(loss_ax: Axes, history: Sequence[EpochRecord]) -> None:
+    """A log axis when the losses span more than LOG_SCALE_RATIO, else one from 0."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     losses = [v for r in history for v in (r.loss, r.val_loss) if v is not None and v > 0]
     if losses and max(losses) > LOG_SCALE_RATIO * min(losses):
         loss_ax.set_yscale("log")  # one diverged epoch would flatten all the others
@@ -108,14 +136,6 @@ def draw_curves(history: Sequence[EpochRecord], path: Path, *,
             loss_ax.yaxis.set_minor_formatter(NullFormatter())
     elif losses:
         loss_ax.set_ylim(0.0, max(losses) * 1.08)
-    if best_epoch is not None:
-        fig.suptitle(_best_line(history, best_epoch), fontsize=10, color="#333333")
-    handles, labels = acc_ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9,
-               frameon=False)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    return path
 
 
 def _plain_number(value: float, _: object = None) -> str:
