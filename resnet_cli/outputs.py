@@ -62,6 +62,19 @@ def check_output_folder(path: Path) -> None:
         raise OutputError(f"Cannot write {path}: {reason} (folder {folder}).")
 
 
+def check_creatable(folder: Path) -> None:
+    """Fail early if `folder` cannot be created (or written, when it exists): its nearest
+    existing ancestor must be a writable folder."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"Cannot write {folder}: {existing} is not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(existing) else "permission denied"
+        raise OutputError(f"Cannot write {folder}: {reason} (folder {existing}).")
+
+
 def _read_only(folder: Path) -> bool:
     try:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)

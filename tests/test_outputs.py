@@ -82,6 +82,9 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
         (mount / "old.json").write_text("previous")
+        (mount / "old-run").mkdir()  # a finetune run folder, as far as --overwrite can tell
+        for name in ("model.keras", "history.csv", "labels.txt"):
+            (mount / "old-run" / name).write_text(f"previous {name}")
         with contextlib.suppress(OSError), open(mount / "filler", "wb") as filler:
             while True:
                 filler.write(b"\0" * 4096)
@@ -177,3 +180,66 @@ def test_commands_refuse_a_read_only_folder(runner: CliRunner, read_only_folder:
         + ("read-only file system" if os.geteuid() == 0 else "permission denied")
         + f" (folder {read_only_folder})."]
     assert sorted(p.name for p in read_only_folder.iterdir()) == ["old.json"]
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "filler"}
+
+
+def test_finetune_on_a_full_disk_keeps_the_old_run(runner: CliRunner, full_disk: Path,
+                                                    tmp_path: Path) -> None:
+    from conftest import write_class_dataset
+
+    from resnet_cli.cli import app
+
+    data = write_class_dataset(tmp_path / "data")
+    before = _tree(full_disk)
+    for target, extra in ((full_disk / "new-run", []), (full_disk / "old-run", ["--overwrite"])):
+        result = runner.invoke(app, ["finetune", str(data), "--classes", "3", "-o", str(target),
+                                     "--weights", "none", "--image-size", "32", "--epochs", "1",
+                                     "--batch-size", "4", "-q", *extra])
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: Cannot write {target}")
+        assert lines[0].endswith(": No space left on device."), lines
+        assert _tree(full_disk) == before  # the old run is back, nothing else is left
+        assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "old-run", "old.json"]
+
+
+def test_finetune_refuses_a_read_only_run_folder_before_any_work(runner: CliRunner,
+                                                                  read_only_folder: Path,
+                                                                  tmp_path: Path) -> None:
+    from conftest import write_class_dataset
+
+    from resnet_cli.cli import app
+
+    data = write_class_dataset(tmp_path / "data")
+    target = read_only_folder / "runs" / "pets"
+    result = runner.invoke(app, ["finetune", str(data), "--classes", "3", "-o", str(target),
+                                 "--weights", "none", "--image-size", "32"])
+    assert result.exit_code == 1
+    reason = "read-only file system" if os.geteuid() == 0 else "permission denied"
+    assert result.stderr.strip().splitlines() == [
+        f"error: Cannot write {target}: {reason} (folder {read_only_folder})."]
+
+
+def test_merge_on_a_full_disk_is_one_line(runner: CliRunner, full_disk: Path,
+                                          tmp_path: Path) -> None:
+    import numpy as np
+
+    from resnet_cli.cli import app
+
+    parts = []
+    for i in range(2):
+        part = tmp_path / f"part{i}.npz"
+        np.savez(part, features=np.ones((500, 64), np.float32),
+                 paths=np.array([f"{i}-{j}.jpg" for j in range(500)]))
+        parts.append(str(part))
+    target = full_disk / "merged.npz"
+    result = runner.invoke(app, ["merge", *parts, "-o", str(target)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: Cannot write {target}: No space left on device."]
+    assert not target.exists()
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "old-run", "old.json"]

@@ -24,7 +24,7 @@ from resnet_cli.datasets import make_augmenter, make_dataset, source_size
 from resnet_cli.errors import ImageError, OutputError, ResnetCliError
 from resnet_cli.evaluate import Evaluation, evaluate_files
 from resnet_cli.models import dtype_policy, load_backbone_weights
-from resnet_cli.outputs import atomic_path
+from resnet_cli.outputs import atomic_path, output_errors
 from resnet_cli.registry import ModelSpec, get_spec
 from resnet_cli.training.data import (
     TrainingData,
@@ -59,6 +59,7 @@ from resnet_cli.training.run_folder import (
     now,
     prepare_run_dir,
     read_history,
+    replacing,
     run_config,
     write_json,
     write_labels,
@@ -152,6 +153,16 @@ def finetune(
     opts, state = prepare_run_dir(opts, explicit)
     if state is not None:
         opts = resolve_options(dataclasses.replace(opts, resume=True))
+    run_dir = Path(str(opts.run_dir))
+    # Disk full, read-only, permission denied... in the run folder: one line naming it; an
+    # old run replaced with --overwrite comes back if the new one fails.
+    with output_errors(run_dir), replacing(run_dir, overwrite=opts.overwrite and state is None):
+        return _finetune(opts, state, progress=progress, on_epoch=on_epoch, warn=warn)
+
+
+def _finetune(opts: FinetuneOptions, state: dict[str, Any] | None, *, progress: bool,
+              on_epoch: Callable[[EpochRecord, int], None] | None,
+              warn: Callable[[str], None]) -> FinetuneResult:
     splits = scan_splits(opts)
     if state is not None:
         check_same_dataset(Path(str(opts.run_dir)), splits.data, warn)

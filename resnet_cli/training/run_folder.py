@@ -6,13 +6,16 @@ Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import os
 import platform
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,15 +23,13 @@ from typing import Any
 
 from resnet_cli.cards import CARD_FILENAME, ModelCard, model_card_dict
 from resnet_cli.datasets import ClassFolders
-from resnet_cli.errors import DatasetError, OutputError, UsageError
-from resnet_cli.outputs import atomic_open, atomic_path
+from resnet_cli.errors import DatasetError, OutputError, ResnetCliError, UsageError
+from resnet_cli.outputs import atomic_open, atomic_path, check_creatable
 from resnet_cli.training.distribute import is_chief
 from resnet_cli.training.options import FinetuneOptions, plain
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
-RUN_FILES = ("model.keras", "labels.txt", "history.csv", "metrics.json", "curves.png",
-             CARD_FILENAME)
 HISTORY_FIELDS = ("epoch", "phase", "lr", "loss", "accuracy", "val_loss", "val_accuracy",
                   "seconds")
 # Options that define a run: --resume refuses a command line that changes one of them.
@@ -65,18 +66,44 @@ def prepare_run_dir(options: FinetuneOptions, explicit: frozenset[str]
     run_dir = Path(str(options.run_dir))
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"-o {run_dir} is a file; give a folder for the run.")
+    check_creatable(run_dir)
     if options.resume:
         return _resume_state(options, run_dir, explicit)
     if not is_chief():
         return options, None  # only the chief writes RUN_DIR (other workers use scratch)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not options.overwrite:
-            raise OutputError(f"{run_dir} already exists and is not empty; pass --resume to "
-                              "continue its run, --overwrite to replace it, or another -o.")
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    if run_dir.exists() and any(run_dir.iterdir()) and not options.overwrite:
+        raise OutputError(f"{run_dir} already exists and is not empty; pass --resume to "
+                          "continue its run, --overwrite to replace it, or another -o.")
     return options, None
+
+
+@contextlib.contextmanager
+def replacing(run_dir: Path, *, overwrite: bool) -> Iterator[None]:
+    """Leave nothing half-written: a run folder this run creates is removed if the run fails,
+    and with `overwrite` an existing one is moved aside while the new run is written, then
+    removed once the new run is complete or put back if it fails. A run interrupted with
+    Ctrl-C after a completed epoch is kept, for --resume. Other workers touch nothing."""
+    chief = is_chief()
+    created = chief and not run_dir.exists()
+    aside = None
+    if overwrite and chief and run_dir.is_dir() and any(run_dir.iterdir()):
+        aside = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".old",
+                                      dir=run_dir.parent))
+        os.rename(run_dir, aside / run_dir.name)
+    try:
+        yield
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, ResnetCliError) and exc.exit_code == 130)
+        if not (interrupted and (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file()):
+            if aside is not None or created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            if aside is not None:
+                os.rename(aside / run_dir.name, run_dir)
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def _resume_state(options: FinetuneOptions, run_dir: Path, explicit: frozenset[str]
