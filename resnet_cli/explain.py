@@ -29,7 +29,12 @@ from resnet_cli.errors import ModelFileError, UsageError
 from resnet_cli.evaluate import card_resize
 from resnet_cli.folding import fold_batch_norm
 from resnet_cli.images import ResizeMode
-from resnet_cli.inference import FailureHandler, fitted_batch_size, iter_batches
+from resnet_cli.inference import (
+    CompiledPredictor,
+    FailureHandler,
+    fitted_batch_size,
+    iter_batches,
+)
 from resnet_cli.labels import ClassLabel
 from resnet_cli.models import LoadedModel
 
@@ -83,7 +88,7 @@ class ExplainSetup:
     resize: ResizeMode  # how images were brought to the model's input square
 
 
-class GradCamPredictor:
+class GradCamPredictor(CompiledPredictor):
     """A `BatchPredictor` whose rows are Grad-CAM results, packed as float32:
 
     `[top-1 index, top-1 probability, k class indices, k probabilities, k heatmaps (h*w each)]`
@@ -105,21 +110,6 @@ class GradCamPredictor:
                 fold_batch_norm(gradient_model), dense, setup, batch_size, loaded.image_size,
                 loaded.preprocess_mode)
         self._run = loaded.compiled[key]
-
-    @property
-    def trace_count(self) -> int:
-        """How many times the compiled function was traced (1 after the first call)."""
-        return int(self._run.experimental_get_tracing_count())
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Packed rows for up to `batch_size` uint8 images of shape (n, size, size, 3)."""
-        import numpy as np
-
-        count = len(images)
-        if count < self.batch_size:
-            pad = np.zeros((self.batch_size - count, *images.shape[1:]), dtype=np.uint8)
-            images = np.concatenate([images, pad]) if count else pad
-        return np.asarray(self._run(images))[:count]
 
     def unpack(self, row: np.ndarray) -> tuple[int, float, list[tuple[int, float, np.ndarray]]]:
         """(top index, top probability, [(class index, probability, heatmap (h, w))...])."""

@@ -65,7 +65,32 @@ def fitted_batch_size(batch_size: int, count: int) -> int:
     return max(1, min(batch_size, count))
 
 
-class Predictor:
+class CompiledPredictor:
+    """A `BatchPredictor` over one compiled function (`_run`) of exactly `batch_size` rows, so
+    that it is traced once: a short batch is padded with black images, whose rows are dropped.
+    Subclasses set `batch_size`, `shares_cpu` and `_run`."""
+
+    batch_size: int
+    shares_cpu: bool
+    _run: Any  # a tf.function over uint8 (batch_size, size, size, 3)
+
+    @property
+    def trace_count(self) -> int:
+        """How many times the compiled function was traced (1 after the first call, ever)."""
+        return int(self._run.experimental_get_tracing_count())
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Rows for up to `batch_size` images of shape (n, size, size, 3), uint8."""
+        import numpy as np
+
+        count = len(images)
+        if count < self.batch_size:
+            pad = np.zeros((self.batch_size - count, *images.shape[1:]), dtype=np.uint8)
+            images = np.concatenate([images, pad]) if count else pad
+        return np.asarray(self._run(images))[:count]
+
+
+class Predictor(CompiledPredictor):
     """The model plus its preprocessing as one compiled function over uint8 batches.
 
     The function runs an inference copy of the model with its BatchNormalization layers folded
@@ -97,21 +122,6 @@ class Predictor:
         self._run = entry[1]
         # The model computes on the CPU, where image decoding competes with it for cores.
         self.shares_cpu = "CPU" in loaded.device.upper() and strategy is None
-
-    @property
-    def trace_count(self) -> int:
-        """How many times the compiled function was traced (1 after the first call, ever)."""
-        return int(self._run.experimental_get_tracing_count())
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Run the model on up to `batch_size` images of shape (n, size, size, 3), uint8."""
-        import numpy as np
-
-        count = len(images)
-        if count < self.batch_size:
-            pad = np.zeros((self.batch_size - count, *images.shape[1:]), dtype=np.uint8)
-            images = np.concatenate([images, pad]) if count else pad
-        return np.asarray(self._run(images))[:count]
 
 
 def make_predictor(loaded: LoadedModel, batch_size: int, *, inputs: int | None = None,

@@ -9,7 +9,9 @@ import typer
 
 from resnet_cli.cli.messages import FailureReporter, user_errors
 from resnet_cli.cli.options import (
+    BackbonePoolingOpt,
     ImageSizeOpt,
+    IncludeTopOpt,
     ModelOpt,
     OverwriteOpt,
     QuietOpt,
@@ -32,12 +34,8 @@ def export(
     model: ModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = "imagenet",
     image_size: ImageSizeOpt = None,
-    include_top: Annotated[bool, typer.Option(
-        "--include-top/--no-include-top",
-        help="The classifier (probabilities out), or the backbone (features out).")] = True,
-    pooling: Annotated[str | None, typer.Option(
-        "--pooling", metavar="avg|max|none",
-        help="Pooling of the backbone's features (with --no-include-top).")] = None,
+    include_top: IncludeTopOpt = True,
+    pooling: BackbonePoolingOpt = None,
     int8: Annotated[bool, typer.Option(
         "--int8", help="LiteRT full-integer quantization (int8 weights and activations), "
                        "calibrated on --calibrate images.")] = False,

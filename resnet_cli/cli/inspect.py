@@ -9,9 +9,11 @@ import typer
 
 from resnet_cli.cli.messages import FailureReporter, read_inputs, user_errors
 from resnet_cli.cli.options import (
+    BackbonePoolingOpt,
     BatchSizeOpt,
     DeviceOpt,
     ImageSizeOpt,
+    IncludeTopOpt,
     ModelOpt,
     PrecisionOpt,
     QuietOpt,
@@ -26,12 +28,8 @@ from resnet_cli.registry import DEFAULT_MODEL
 def summary(
     model: ModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = "none",
-    include_top: Annotated[bool, typer.Option(
-        "--include-top/--no-include-top",
-        help="With the 1000-class classifier, or the backbone alone.")] = True,
-    pooling: Annotated[str | None, typer.Option(
-        "--pooling", metavar="avg|max|none",
-        help="Pooling of the backbone output (with --no-include-top).")] = None,
+    include_top: IncludeTopOpt = True,
+    pooling: BackbonePoolingOpt = None,
     image_size: ImageSizeOpt = None,
     layers: Annotated[bool, typer.Option(
         "--layers", help="Also list every layer: name, type, output shape, parameters (the "
@@ -48,14 +46,15 @@ def summary(
     Example: resnet summary --model resnet101 --no-include-top --pooling avg --layers
     """
     from resnet_cli.models import ModelOptions
-    from resnet_cli.render.summary import emit_summary
+    from resnet_cli.render import emit
+    from resnet_cli.render.summary import render_summary
     from resnet_cli.summary import summarize
 
     with user_errors():
         result = summarize(ModelOptions(model=model, weights=weights, include_top=include_top,
                                         pooling=pooling, image_size=image_size, device="cpu"),
                            layers=layers, progress=not quiet)
-    emit_summary(result, as_json=fmt is ReportFormat.json)
+    emit(result, render_summary, as_json=fmt is ReportFormat.json)
 
 
 def benchmark(
@@ -98,7 +97,8 @@ def benchmark(
     from resnet_cli.benchmark import BenchmarkOptions, run_benchmark
     from resnet_cli.models import ModelOptions
     from resnet_cli.photos import parse_photo_size
-    from resnet_cli.render.benchmark import emit_benchmark
+    from resnet_cli.render import emit
+    from resnet_cli.render.benchmark import render_benchmark
 
     failures = FailureReporter()
     with user_errors():
@@ -109,5 +109,5 @@ def benchmark(
             batch_size=batch_size, images=images, repeats=repeats, warmup=warmup,
             inputs=paths, photo_size=parse_photo_size(photo_size), baseline=baseline)
         report = run_benchmark(options, progress=not quiet, on_failure=failures)
-    emit_benchmark(report, as_json=fmt is ReportFormat.json)
+    emit(report, render_benchmark, as_json=fmt is ReportFormat.json)
     raise typer.Exit(failures.exit_code)

@@ -54,6 +54,12 @@ WeightsOpt = Annotated[str, typer.Option(
 ImageSizeOpt = Annotated[int | None, typer.Option(
     "--image-size", min=32, metavar="N",
     help="Input size in pixels (square). Default: the model's own (224).")]
+IncludeTopOpt = Annotated[bool, typer.Option(
+    "--include-top/--no-include-top",
+    help="With the classifier (probabilities out), or the backbone alone (features out).")]
+BackbonePoolingOpt = Annotated[str | None, typer.Option(
+    "--pooling", metavar="avg|max|none",
+    help="Pooling of the backbone's features (with --no-include-top).")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", callback=_check_device, metavar="auto|cpu|gpu|gpu:N",
     help="Where to run: auto (GPUs if any), cpu, gpu, or one GPU by index.")]

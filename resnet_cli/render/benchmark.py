@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from resnet_cli.benchmark import MEASUREMENTS
-from resnet_cli.render import make_console
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -25,14 +22,6 @@ RATIO_MEANING = {
     "classify/classify_fp32": "speed-up of the precision, end to end",
     "classify/model_fp32": "end to end vs the fp32 model alone",
 }
-
-
-def emit_benchmark(report: BenchmarkReport, *, as_json: bool) -> None:
-    """The report on stdout: JSON, or Rich tables."""
-    if as_json:
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
-    else:
-        render_benchmark(report, make_console())
 
 
 def render_benchmark(report: BenchmarkReport, console: Console) -> None:

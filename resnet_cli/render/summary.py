@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import TYPE_CHECKING
 
 from rich import box
 from rich.table import Table
-
-from resnet_cli.render import make_console
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -32,14 +28,6 @@ def format_count(value: int | None, unit: str = "") -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f} {suffix}{unit}"
     return f"{value} {unit}".rstrip()
-
-
-def emit_summary(summary: ModelSummary, *, as_json: bool) -> None:
-    """The summary on stdout: JSON, or Rich tables."""
-    if as_json:
-        sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
-    else:
-        render_summary(summary, make_console())
 
 
 def render_summary(summary: ModelSummary, console: Console) -> None:
