@@ -57,9 +57,7 @@ def check_output_folder(path: Path) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise OutputError(f"Cannot write {path}: folder {folder} does not exist.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        reason = "read-only file system" if _read_only(folder) else "permission denied"
-        raise OutputError(f"Cannot write {path}: {reason} (folder {folder}).")
+    _check_writable(folder, path)
 
 
 def check_creatable(folder: Path) -> None:
@@ -70,9 +68,14 @@ def check_creatable(folder: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"Cannot write {folder}: {existing} is not a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        reason = "read-only file system" if _read_only(existing) else "permission denied"
-        raise OutputError(f"Cannot write {folder}: {reason} (folder {existing}).")
+    _check_writable(existing, folder)
+
+
+def _check_writable(folder: Path, target: Path) -> None:
+    """`target` goes into (or below) the existing `folder`: refuse a folder we cannot write."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(folder) else "permission denied"
+        raise OutputError(f"Cannot write {target}: {reason} (folder {folder}).")
 
 
 def _read_only(folder: Path) -> bool:
