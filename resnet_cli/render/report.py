@@ -112,7 +112,7 @@ def build_report_html(result: Evaluation, *, matrix_png: bytes,
     escaped; numbers carry their exact value in a `data-value` attribute.
 
     Args:
-        matrix_png: the confusion-matrix picture (`draw_confusion`).
+        matrix_png: the confusion-matrix picture (`confusion.draw_confusion`).
         curves_png: the training curves of the model's run, if any.
         thumbnails: PNG thumbnail (or None: unreadable) by mistake path; default: read with
             `thumbnail_png`.
