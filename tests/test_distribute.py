@@ -120,7 +120,9 @@ def test_two_workers_train_together_and_resume_after_both_are_killed(tmp_path: P
     state = run / "checkpoints" / "state.json"
 
     # Kill both workers (SIGKILL: no clean-up) once the first epoch is checkpointed.
-    workers = _start_workers(data, run, _free_ports(2), scratch, "--epochs", str(epochs))
+    # --patience 0: the final model is the last epoch's (not the best one), to compare below
+    workers = _start_workers(data, run, _free_ports(2), scratch, "--epochs", str(epochs),
+                             "--patience", "0")
     deadline = time.monotonic() + TIMEOUT
     while not state.exists() and time.monotonic() < deadline:
         if any(w.poll() is not None for w in workers):
@@ -135,7 +137,7 @@ def test_two_workers_train_together_and_resume_after_both_are_killed(tmp_path: P
     left_by_the_kill = sorted(scratch.iterdir())  # a killed process cannot clean up
 
     workers = _start_workers(data, run, _free_ports(2), scratch, "--epochs", str(epochs),
-                             "--resume")
+                             "--patience", "0", "--resume")
     outcomes = _finish(workers)
     for code, stderr in outcomes:
         assert code == 0, stderr[-3000:]
