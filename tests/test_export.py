@@ -146,3 +146,35 @@ def test_atomic_dir_keeps_old_folder_on_failure(tmp_path: Path) -> None:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_cli_int8_calibrates_on_a_finetune_data_folder(runner: CliRunner, export_source,
+                                                       tmp_path: Path) -> None:
+    from conftest import write_class_dataset
+
+    weights, _ = export_source
+    data = write_class_dataset(tmp_path / "data", per_class=2)  # data/<class>/*.png
+    (tmp_path / "empty").mkdir()
+    (data / "cat" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "m.tflite"
+    result = runner.invoke(app, ["export", "-f", "litert", "--weights", str(weights),
+                                 "--image-size", str(TINY), "--int8", "--calibrate", str(data),
+                                 "--calibrate", str(tmp_path / "empty"), "-o", str(out)])
+    assert result.exit_code == 1, result.output  # written, but one calibration image failed
+    lines = result.stderr.strip().splitlines()
+    assert f"warning: {tmp_path / 'empty'}: no images" in lines
+    assert any(line.startswith(f"error: {data / 'cat' / 'broken.png'}:") for line in lines)
+    assert "LiteRT int8" in lines[-1] and out.is_file()
+
+
+def test_cli_calibration_folder_without_images_is_a_usage_error(runner: CliRunner,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "m.tflite"
+    result = runner.invoke(app, ["export", "-f", "litert", "--weights", "none", "--int8",
+                                 "--calibrate", str(tmp_path / "empty"), "-o", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {tmp_path / 'empty'}: no images",
+        "error: No images found in the given inputs."]
+    assert not out.exists()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from resnet_cli.cli.messages import FailureReporter, user_errors
+from resnet_cli.cli.messages import FailureReporter, collect_named_inputs, user_errors
 from resnet_cli.cli.options import (
     BackbonePoolingOpt,
     ImageSizeOpt,
@@ -41,13 +41,14 @@ def export(
                        "calibrated on --calibrate images.")] = False,
     calibrate: Annotated[list[str] | None, typer.Option(
         "--calibrate", metavar="INPUT",
-        help="Calibration images for --int8: files, folders or glob patterns; repeat the "
-             "option for more (a few hundred of your own images).")] = None,
+        help="Calibration images for --int8: files, folders (with their sub-folders, so a "
+             "finetune DATA_DIR works as it is) or glob patterns; repeat the option for more "
+             "(a few hundred of your own images).")] = None,
     calibration_images: Annotated[int, typer.Option(
         "--calibration-images", min=1, metavar="N",
         help="Calibrate on a random sample of N of the --calibrate images.")] = 300,
     overwrite: OverwriteOpt = False,
-    recursive: RecursiveOpt = False,
+    recursive: RecursiveOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Write the model, with its preprocessing inside, for TF Serving, LiteRT or ONNX Runtime.
@@ -59,13 +60,12 @@ def export(
     Example: resnet export --format litert --int8 --calibrate photos/ -o resnet50_int8.tflite
     """
     from resnet_cli.export import check_export_request, export_model
-    from resnet_cli.images import collect_inputs
     from resnet_cli.models import ModelOptions
 
     failures = FailureReporter()
     with user_errors():
         check_export_request(fmt, output, int8=int8, calibrate=calibrate, overwrite=overwrite)
-        paths = collect_inputs(calibrate, recursive=recursive) if calibrate else None
+        paths = collect_named_inputs(calibrate, recursive=recursive) if calibrate else None
         summary = export_model(
             ModelOptions(model=model, weights=weights, include_top=include_top,
                          pooling=pooling, image_size=image_size, device="cpu"),
@@ -73,3 +73,4 @@ def export(
             overwrite=overwrite, progress=not quiet, on_failure=failures)
     if not quiet:
         make_console(stderr=True).print(summary.describe(), markup=False, highlight=False)
+    raise typer.Exit(failures.exit_code)  # 1 when a calibration image could not be read

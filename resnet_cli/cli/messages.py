@@ -67,14 +67,19 @@ class FailureReporter:
 
 
 def read_inputs(inputs: list[str] | None, *, recursive: bool) -> list[str]:
-    """The image paths named by INPUTS, or read from stdin when none are given. A folder or
-    pattern that holds no image gets a warning line."""
-    from resnet_cli.images import collect_inputs
-
+    """The image paths named by INPUTS, or read from stdin when none are given."""
     if not inputs:
         if sys.stdin is None or sys.stdin.isatty():
             raise NoInputsError("No inputs: give image files, folders or patterns, "
                                 "or pipe paths on stdin.")
         inputs = ["-"]
+    return collect_named_inputs(inputs, recursive=recursive)
+
+
+def collect_named_inputs(inputs: list[str], *, recursive: bool) -> list[str]:
+    """The image paths named by `inputs`; a folder or pattern that holds no image gets a
+    warning line."""
+    from resnet_cli.images import collect_inputs
+
     return collect_inputs(inputs, recursive=recursive,
                           on_empty=lambda arg: print_warning(f"{arg}: no images"))
