@@ -50,11 +50,12 @@ def configure_runtime() -> None:
 
 
 @contextlib.contextmanager
-def _native_stderr_to_log() -> Iterator[None]:
+def native_stderr_to_log() -> Iterator[None]:
     """Send what C++ code writes to fd 2 into the debug log instead of the user's terminal.
 
     TensorFlow's absl logging prints oneDNN and CUDA notices before TF_CPP_MIN_LOG_LEVEL is
-    read; they are noise for a command-line user, but stay visible with -vv.
+    read, and LiteRT announces its XNNPACK delegate; they are noise for a command-line user,
+    but stay visible with -vv.
     """
     sys.stderr.flush()
     saved = os.dup(2)
@@ -79,7 +80,7 @@ def import_tensorflow() -> Any:
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     configure_runtime()
-    with _native_stderr_to_log():
+    with native_stderr_to_log():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")  # CUDA probing logs here, once

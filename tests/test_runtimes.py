@@ -154,3 +154,20 @@ def test_missing_onnxruntime_names_the_extra(runner: CliRunner, exported, photos
     assert result.exit_code == 2
     assert "pip install 'resnet[onnx]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_real_command_prints_nothing_but_results(exported, photos) -> None:  # type: ignore[no-untyped-def]
+    """The LiteRT runtime announces its XNNPACK delegate on the process's stderr (fd 2, which
+    CliRunner cannot see): a real process shows that the line goes to the debug log."""
+    import os
+    import subprocess
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "resnet_cli", "classify", str(photos[0]),
+                           "--weights", str(exported["litert"]), "-k", "1", "-f", "csv", "-q"],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines()[0].startswith("path,rank,index")

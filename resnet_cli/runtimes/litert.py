@@ -58,8 +58,11 @@ def load_litert(path: Path) -> LiteRTModel:
 def _interpreter(content: bytes, path: Path, threads: int | None = None) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
+    from resnet_cli.devices import native_stderr_to_log
+
     try:
-        return Interpreter(model_content=content, num_threads=threads)
+        with native_stderr_to_log():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            return Interpreter(model_content=content, num_threads=threads)
     except (ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: LiteRT cannot load it: {first_line(exc)}") from exc
 
@@ -72,6 +75,7 @@ class LiteRTPredictor:
     """
 
     def __init__(self, loaded: LoadedModel, batch_size: int) -> None:
+        from resnet_cli.devices import native_stderr_to_log
         from resnet_cli.runtimes import runtime_threads
 
         self.batch_size = batch_size
@@ -86,7 +90,8 @@ class LiteRTPredictor:
             index = interpreter.get_input_details()[0]["index"]
             interpreter.resize_tensor_input(index, (batch_size, model.card.image_size,
                                                     model.card.image_size, 3), strict=True)
-            interpreter.allocate_tensors()
+            with native_stderr_to_log():
+                interpreter.allocate_tensors()
             entry = loaded.compiled[key] = (
                 interpreter, index, interpreter.get_output_details()[0]["index"])
         self._interpreter, self._input, self._output = entry
