@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_cli.errors import ImageError, OutputError
 from resnet_cli.images import CROP_FRACTION, ResizeMode, load_upright_rgb
-from resnet_cli.outputs import atomic_path, check_output_folder
+from resnet_cli.outputs import atomic_path, check_creatable, check_output_folder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,10 +79,7 @@ def check_folder(folder: Path, names: Sequence[str], *, overwrite: bool) -> None
         OutputError: a file in the way, a folder that cannot be written, or outputs exist.
     """
     if not folder.exists():
-        parent = next((p for p in folder.absolute().parents if p.exists()), Path("/"))
-        if not parent.is_dir():
-            raise OutputError(f"Cannot create folder {folder}: {parent} is not a folder.")
-        check_output_folder(parent / NPZ_NAME)
+        check_creatable(folder)
         return
     if not folder.is_dir():
         raise OutputError(f"Output {folder} is a file; -o takes a folder.")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from resnet_cli.errors import ImageError, OutputError
 from resnet_cli.images import load_upright_rgb
-from resnet_cli.outputs import atomic_path, check_output_folder
+from resnet_cli.outputs import atomic_path, check_creatable, check_output_folder
 from resnet_cli.render.confusion import (
     GRID_MAX_COLUMNS,
     PAIRS_SHOWN,
@@ -57,10 +57,7 @@ def check_report_dir(folder: Path) -> None:
             raise OutputError(f"--report {folder} is a file; give a folder for the report.")
         check_output_folder(folder / INDEX_NAME)
         return
-    parent = next((p for p in folder.absolute().parents if p.exists()), Path("/"))
-    if not parent.is_dir():
-        raise OutputError(f"Cannot create folder {folder}: {parent} is not a folder.")
-    check_output_folder(parent / INDEX_NAME)
+    check_creatable(folder)
 
 
 def run_curves(weights: str) -> Path | None:
