@@ -54,21 +54,39 @@ def native_stderr_to_log() -> Iterator[None]:
     """Send what C++ code writes to fd 2 into the debug log instead of the user's terminal.
 
     TensorFlow's absl logging prints oneDNN and CUDA notices before TF_CPP_MIN_LOG_LEVEL is
-    read, and LiteRT announces its XNNPACK delegate; they are noise for a command-line user,
-    but stay visible with -vv.
+    read, the LiteRT converter prints its settings and the interpreter announces its XNNPACK
+    delegate; they are noise for a command-line user, but stay visible with -vv. Python's own
+    writes to stderr (progress bars, error lines) still reach the terminal meanwhile.
     """
     sys.stderr.flush()
     saved = os.dup(2)
+    python_stderr = sys.stderr
+    swapped = _is_fd(python_stderr, 2)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
+        if swapped:
+            sys.stderr = open(saved, "w", buffering=1, closefd=False,  # noqa: SIM115
+                              encoding=getattr(python_stderr, "encoding", None) or "utf-8",
+                              errors="replace")
         try:
             yield
         finally:
+            if swapped:
+                sys.stderr.flush()
+                sys.stderr.close()
+                sys.stderr = python_stderr
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
             for line in sink.read().decode(errors="replace").splitlines():
                 log.debug("tensorflow: %s", line)
+
+
+def _is_fd(stream: Any, fd: int) -> bool:
+    try:
+        return bool(stream.fileno() == fd)
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def import_tensorflow() -> Any:

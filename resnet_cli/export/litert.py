@@ -68,8 +68,11 @@ def _convert(converter: Any, card: ExportCard, *, int8: bool, calibration: Seque
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
+    from resnet_cli.devices import native_stderr_to_log
+
     try:
-        return bytes(converter.convert())
+        with native_stderr_to_log():  # the converter prints its settings on fd 2
+            return bytes(converter.convert())
     except NoInputsError:
         raise
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ def write_onnx(served: Any, card: ExportCard, path: Path) -> None:
     onnx = require_module("onnx", extra="onnx", purpose="ONNX export")
     size = card.image_size
     spec = tf.TensorSpec((None, size, size, 3), tf.uint8, name=INPUT_NAME)
-    # tf2onnx prints its progress on stdout, which belongs to results.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # tf2onnx prints its progress on stdout, which belongs to results; Keras' tf2onnx shim
+    # trips a NumPy FutureWarning that is not the user's concern.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"keras\..*")
         served.export(str(path), format="onnx", input_signature=[spec], opset_version=OPSET,
                       verbose=False)
     model = onnx.load(str(path))
