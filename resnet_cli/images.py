@@ -141,19 +141,12 @@ def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) ->
     """
     from PIL import Image, UnidentifiedImageError
 
-    _quiet_pillow_bomb_warning()
+    # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves at least the pixels
+    # the crop needs: several times faster on large photos.
+    need = int(size / CROP_FRACTION) + 1
     try:
-        with open_regular_file(path) as handle, Image.open(handle) as img:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and img.width * img.height > limit:
-                raise Image.DecompressionBombError(path)
-            if resize is ResizeMode.crop and img.format == "JPEG":
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves at
-                # least the pixels the crop needs: several times faster on large photos.
-                need = int(size / CROP_FRACTION) + 1
-                img.draft("RGB", (need, need))
-            img.load()
-            rgb = to_rgb(_exif_transpose(img))
+        rgb = _read_upright(path, lambda w, h: (need, need) if resize is ResizeMode.crop
+                            else None)
         return _resize(rgb, size, resize)
     except UnidentifiedImageError:
         raise ImageError(path, "not an image Pillow can read") from None
@@ -177,16 +170,28 @@ def load_upright_rgb(path: str, *, draft: Callable[[int, int], tuple[int, int]],
     from PIL import Image
 
     try:
-        with open_regular_file(path) as handle, Image.open(handle) as img:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and img.width * img.height > limit:
-                raise Image.DecompressionBombError(path)
-            if img.format == "JPEG":
-                img.draft("RGB", draft(img.width, img.height))
-            img.load()
-            return to_rgb(_exif_transpose(img))
+        return _read_upright(path, draft)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageError(path, f"cannot read it again {purpose}: {exc}") from None
+
+
+def _read_upright(path: str, draft: Callable[[int, int], tuple[int, int] | None]
+                  ) -> Image.Image:
+    """Open `path` (a regular file only), refuse decompression bombs, let a JPEG decode at a
+    reduced scale when `draft(width, height)` names a size, apply EXIF orientation, convert
+    to RGB. Pillow's and the OS's exceptions pass through; `ImageError` for non-files."""
+    from PIL import Image
+
+    _quiet_pillow_bomb_warning()
+    with open_regular_file(path) as handle, Image.open(handle) as img:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and img.width * img.height > limit:
+            raise Image.DecompressionBombError(path)
+        wanted = draft(img.width, img.height) if img.format == "JPEG" else None
+        if wanted is not None:
+            img.draft("RGB", wanted)
+        img.load()
+        return to_rgb(_exif_transpose(img))
 
 
 @cache

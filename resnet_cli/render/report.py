@@ -30,6 +30,7 @@ from resnet_cli.render.confusion import (
     confused_pairs,
     draw_confusion,
 )
+from resnet_cli.render.curves import CURVES_NAME
 
 if TYPE_CHECKING:
 
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 
 INDEX_NAME = "index.html"
 MATRIX_NAME = "confusion_matrix.png"
-CURVES_NAME = "curves.png"  # the name finetune gives it in a run folder, and the copy here
-REPORT_FILES = (INDEX_NAME, MATRIX_NAME, CURVES_NAME)
 PAIRS_LISTED = 10  # most confused pairs in the page below a labelled grid (it shows all)
 GALLERY_MAX = 100  # thumbnails in the page at most (each is some 20-60 kB of base64)
 THUMB_SIDE = 192  # pixels of a thumbnail's longer side (shown at 160 CSS pixels)

@@ -134,7 +134,7 @@ class Engine:
         for batch in distributed:
             for i, value in enumerate(step(batch)):
                 totals[i] += float(value)
-        return _scores(*totals)
+        return scores_of(totals)
 
     def _replica_evaluate(self, x: Any, y: Any, w: Any) -> Any:
         probs = self.model(x, training=False)
@@ -195,11 +195,8 @@ def _sums(per_image: Any, probs: Any, y: Any, w: Any) -> list[Any]:
             tf.reduce_sum(correct * w), tf.reduce_sum(w)]
 
 
-def _scores(loss_sum: float, count: float, correct: float, weight: float) -> Scores:
+def scores_of(totals: list[float]) -> Scores:
+    """Scores from accumulated (loss sum, count, weighted correct, weight sum)."""
+    loss_sum, count, correct, weight = totals
     return Scores(loss=loss_sum / count if count else math.nan,
                   accuracy=correct / weight if weight else math.nan)
-
-
-def scores_of(totals: list[float]) -> Scores:
-    """Scores from accumulated `train_step` sums."""
-    return _scores(*totals)
