@@ -18,33 +18,22 @@ import argparse
 import csv
 import io
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-
-def resnet(*args: str) -> str:
-    """Run the `resnet` command of this interpreter's environment; its stdout."""
-    print("$ resnet " + " ".join(args), file=sys.stderr, flush=True)
-    done = subprocess.run([sys.executable, "-m", "resnet_cli", *args], stdout=subprocess.PIPE,
-                          text=True, check=False)
-    if done.returncode != 0:
-        sys.exit(f"resnet {args[0]} failed with exit code {done.returncode}")
-    return done.stdout
+from _cli import resnet
 
 
 def top1(weights: Path, test: Path) -> dict[str, str]:
     rows = csv.DictReader(io.StringIO(resnet("classify", str(test), "-r", "--weights",
-                                             str(weights), "-k", "1", "-f", "csv", "-q")))
+                                             str(weights), "-k", "1", "-f", "csv", "-q").stdout))
     return {row["path"]: row["label"] for row in rows}
 
 
 def accuracy(weights: Path, test: Path) -> float:
     report = json.loads(resnet("evaluate", str(test), "--weights", str(weights), "--format",
-                               "json", "-q"))
+                               "json", "-q").stdout)
     return float(report["top1_accuracy"])
 
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _cli import resnet, work_folder
 from PIL import Image
 
 SIZE = 32
@@ -47,16 +45,6 @@ def write_digits(root: Path, *, test_fraction: float, seed: int) -> tuple[int, i
     return len(train_idx), len(test_idx)
 
 
-def resnet(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the `resnet` command of this interpreter's environment."""
-    command = [sys.executable, "-m", "resnet_cli", *args]
-    print("$ resnet " + " ".join(args), file=sys.stderr, flush=True)
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"resnet {args[0]} failed with exit code {result.returncode}")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None,
@@ -67,9 +55,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more `resnet finetune` options, after --")
     args = parser.parse_args()
 
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="digits-"))
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.workdir, prefix="digits-") as root:
         train, test = write_digits(root, test_fraction=0.2, seed=args.seed)
         print(f"dataset: {train} train / {test} test images in {root}", file=sys.stderr)
         run = root / "run"
@@ -97,9 +83,6 @@ def main() -> None:
             "cpus": os.cpu_count(),
         }
         print(json.dumps(result, indent=2))
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,11 @@ import argparse
 import csv
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _cli import resnet, work_folder
 from PIL import Image, ImageDraw
 
 SIZE = 160
@@ -67,16 +64,6 @@ def write_shapes(root: Path, *, per_class: int, held_out: int, seed: int) -> Non
                 draw_shape(rng, kind, SIZE)[0].save(folder / f"{i:04d}.png")
 
 
-def resnet(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the `resnet` command of this interpreter's environment."""
-    command = [sys.executable, "-m", "resnet_cli", *args]
-    print("$ resnet " + " ".join(args), file=sys.stderr, flush=True)
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"resnet {args[0]} failed with exit code {result.returncode}")
-    return result
-
-
 def evaluate(folder: Path, model: Path) -> float:
     report = json.loads(resnet("evaluate", str(folder), "--weights", str(model), "--format",
                                "json", "--quiet").stdout)
@@ -94,9 +81,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more `resnet finetune` options, after --")
     args = parser.parse_args()
 
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="shapes-"))
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.workdir, prefix="shapes-") as root:
         if not (root / "train").is_dir():
             write_shapes(root, per_class=args.per_class, held_out=args.held_out,
                          seed=args.seed)
@@ -119,9 +104,6 @@ def main() -> None:
             "cpus": os.cpu_count(),
         }
         print(json.dumps(result, indent=2))
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
