@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from resnet_cli.datasets import ClassFolders, scan_class_folders
+from resnet_cli.datasets import ClassFolders
 from resnet_cli.errors import DatasetError, ImageError, UsageError
 from resnet_cli.images import ResizeMode
 from resnet_cli.inference import FailureHandler, predict_paths
@@ -53,7 +53,7 @@ class Mistake:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What `evaluate_folder` measured. `confusion[i][j]` counts images of `classes[i]`
+    """What `evaluate_files` measured. `confusion[i][j]` counts images of `classes[i]`
     predicted as `columns[j]`; `columns` is the dataset's classes, plus `(other)` when some
     prediction fell outside them. `top5` is None for models with fewer than 5 classes."""
 
@@ -211,10 +211,13 @@ def evaluate_files(
     listed in `failures`).
 
     Raises:
-        UsageError: the model has no classifier.
+        UsageError: the model has no classifier, or `max_mistakes` is negative.
         DatasetError: a class folder that is not one of the model's classes.
     """
     import numpy as np
+
+    if max_mistakes < 0:
+        raise UsageError(f"--errors must be 0 or more; got {max_mistakes}.")
 
     if loaded.labels is None:
         raise UsageError("evaluate needs a model with its classifier (a finetuned .keras model "
@@ -250,30 +253,6 @@ def evaluate_files(
                       seconds=time.perf_counter() - started, architecture=loaded.spec.name,
                       image_size=loaded.image_size, resize=resize.value,
                       device=loaded.device, **metrics)
-
-
-def evaluate_folder(
-    data_dir: str,
-    loaded: LoadedModel,
-    *,
-    batch_size: int = 32,
-    resize: ResizeMode = ResizeMode.crop,
-    max_mistakes: int = 10,
-    progress: bool = True,
-    on_failure: FailureHandler | None = None,
-) -> Evaluation:
-    """Scan `data_dir` (one folder per class) and evaluate `loaded` on it.
-
-    Raises:
-        DatasetError: a bad dataset layout, or folders that match none of the model's classes.
-        UsageError: `max_mistakes` is negative, or the model has no classifier.
-    """
-    if max_mistakes < 0:
-        raise UsageError(f"--errors must be 0 or more; got {max_mistakes}.")
-    data = scan_class_folders(data_dir)
-    return evaluate_files(data, loaded, batch_size=batch_size, resize=resize,
-                          max_mistakes=max_mistakes,
-                          progress=progress, on_failure=on_failure)
 
 
 def card_resize(loaded: LoadedModel) -> ResizeMode:

@@ -36,7 +36,7 @@ from resnet_cli.inference import (
     iter_batches,
 )
 from resnet_cli.labels import ClassLabel
-from resnet_cli.models import LoadedModel
+from resnet_cli.models import LoadedModel, require_keras
 
 if TYPE_CHECKING:
     import numpy as np
@@ -145,6 +145,7 @@ def explain_images(
             `target_class`, or a `layer` that is not an (h, w, C) layer of the backbone.
         ModelFileError: a model whose classifier head cannot be rebuilt around its backbone.
     """
+    require_keras(loaded, "explain (gradients through its layers)")
     labels = loaded.labels
     if labels is None:
         raise UsageError("explain needs a model with its classifier.")
@@ -196,7 +197,7 @@ def resolve_class(text: str, labels: Sequence[ClassLabel]) -> int:
         UsageError: no such class (the message suggests close names).
     """
     value = text.strip()
-    if value.lstrip("-").isdigit():
+    if value.lstrip("-").isdecimal():
         index = int(value)
         if not 0 <= index < len(labels):
             raise UsageError(f"--class {index} is out of range: the model has classes "
@@ -316,9 +317,10 @@ def _compile_grad_cam(model: Any, dense: Any, setup: ExplainSetup, batch_size: i
     def step(images: Any) -> Any:
         x = imagenet_utils.preprocess_input(tf.cast(images, tf.float32), mode=mode)
         with tf.GradientTape(persistent=k > 1) as tape:
-            fmap, scores = model(x, training=False)
-            fmap = tf.cast(fmap, tf.float32)
-            tape.watch(fmap)
+            # Gradients are taken w.r.t. the model's own feature map (a cast of it, under
+            # mixed precision, would be a new tensor the scores do not depend on).
+            raw_fmap, scores = model(x, training=False)
+            tape.watch(raw_fmap)
             scores = tf.cast(scores, tf.float32)
             if kernel is not None:
                 scores = tf.matmul(scores, tf.cast(kernel, tf.float32))
@@ -335,9 +337,10 @@ def _compile_grad_cam(model: Any, dense: Any, setup: ExplainSetup, batch_size: i
                 classes, chosen = top.indices, top.values
             picked = [tf.reduce_sum(tf.gather(scores, classes[:, i], batch_dims=1))
                       for i in range(k)]
+        fmap = tf.cast(raw_fmap, tf.float32)
         maps = []
         for i in range(k):
-            grads = tape.gradient(picked[i], fmap)
+            grads = tf.cast(tape.gradient(picked[i], raw_fmap), tf.float32)
             weights = tf.reduce_mean(grads, axis=(1, 2))
             cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", fmap, weights))
             peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from resnet_cli.errors import ImageError, UsageError
+from resnet_cli.errors import ImageError
 from resnet_cli.folding import fold_batch_norm
 from resnet_cli.images import ResizeMode, load_image
 
@@ -133,9 +133,10 @@ def make_predictor(loaded: LoadedModel, batch_size: int, *, inputs: int | None =
     if loaded.runtime != "keras":  # a file from `resnet export`: its own runtime, as it is
         from resnet_cli.runtimes import make_runtime_predictor
 
-        if model is not None:
-            raise UsageError(f"{loaded.source} is an exported file: it computes only what it "
-                             "was exported for.")
+        if model is not None:  # another network over its input: only Keras models have one
+            from resnet_cli.models import require_keras
+
+            require_keras(loaded, "another output of the model")
         return make_runtime_predictor(loaded, batch_size)
     return Predictor(loaded, batch_size, model=model, strategy=strategy)
 

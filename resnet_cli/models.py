@@ -77,6 +77,17 @@ class LoadedModel:
     compiled: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+def require_keras(loaded: LoadedModel, what: str) -> None:
+    """Refuse an exported .tflite/.onnx file where `what` needs the Keras model's layers.
+
+    Raises:
+        UsageError: `loaded` runs on an exported file's own runtime.
+    """
+    if loaded.runtime != "keras":
+        raise UsageError(f"{what} needs a Keras model; {loaded.source} is an exported "
+                         f"{loaded.runtime} file. Use the model it was exported from.")
+
+
 def load_model(options: ModelOptions, *, progress: bool | None = None) -> LoadedModel:
     """Build or load the model described by `options`, on the requested device.
 

@@ -71,6 +71,14 @@ def check_creatable(folder: Path) -> None:
     _check_writable(existing, folder)
 
 
+def make_folder(folder: Path) -> None:
+    """Create `folder` (and its parents) when missing; an OS refusal is one OutputError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+
+
 def _check_writable(folder: Path, target: Path) -> None:
     """`target` goes into (or below) the existing `folder`: refuse a folder we cannot write."""
     if not os.access(folder, os.W_OK | os.X_OK):

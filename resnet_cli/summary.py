@@ -130,11 +130,9 @@ def summarize_loaded(loaded: LoadedModel, *, layers: bool = False) -> ModelSumma
     Raises:
         UsageError: an exported .tflite/.onnx file (it has no Keras layers to list).
     """
-    if loaded.runtime != "keras":
-        from resnet_cli.errors import UsageError
+    from resnet_cli.models import require_keras
 
-        raise UsageError(f"summary needs a Keras model; {loaded.source} is an exported "
-                         f"{loaded.runtime} file. Summarize the model it was exported from.")
+    require_keras(loaded, "summary")
     model = loaded.model
     flat, backbone = _flatten(model)
     infos = _layer_infos(flat)

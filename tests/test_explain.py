@@ -209,6 +209,8 @@ def test_resolve_class() -> None:
         resolve_class("1000", imagenet)
     with pytest.raises(UsageError, match=r"did you mean.*tabby"):
         resolve_class("tabbby", imagenet)
+    with pytest.raises(UsageError):  # a digit to str.isdigit, not to int()
+        resolve_class("\u00b2", imagenet)
     assert resolve_class("square", build_labels(list(SHAPES))) == 1
 
 

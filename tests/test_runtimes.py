@@ -97,6 +97,13 @@ def test_evaluate_with_exported_file_matches_keras(runner: CliRunner, exported, 
     a, b = json.loads(keras_run.stdout), json.loads(file_run.stdout)
     assert a["top1_accuracy"] == b["top1_accuracy"]
     assert a["confusion_matrix"] == b["confusion_matrix"]
+    # A random tiny model predicts outside the folders' classes: compare what it predicted.
+    shown_a, shown_b = a["errors"]["shown"], b["errors"]["shown"]
+    assert len(shown_a) == len(shown_b) == 10
+    assert [(m["path"], m["predicted"]) for m in shown_a] == [
+        (m["path"], m["predicted"]) for m in shown_b]
+    np.testing.assert_allclose([m["probability"] for m in shown_a],
+                               [m["probability"] for m in shown_b], atol=1e-4)
 
 
 def test_benchmark_with_exported_file(runner: CliRunner, exported) -> None:
@@ -142,9 +149,17 @@ def test_wrong_image_size_for_exported_file(runner: CliRunner, exported, photos)
     assert f"takes {TINY}x{TINY} input; got --image-size 96" in result.output
 
 
-def test_summary_refuses_exported_file(runner: CliRunner, exported) -> None:
+def test_summary_and_explain_refuse_exported_files(runner: CliRunner, exported, photos,
+                                                   tmp_path: Path) -> None:
     result = runner.invoke(app, ["summary", "--weights", str(exported["onnx"])])
     assert result.exit_code == 2 and "summary needs a Keras model" in result.output
+    result = runner.invoke(app, ["explain", photos[0], "--weights", str(exported["litert"]),
+                                 "-o", str(tmp_path / "maps")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: explain (gradients through its layers) needs a Keras model; "
+        f"{exported['litert']} is an exported litert file. Use the model it was exported from."]
+    assert not (tmp_path / "maps").exists()
 
 
 def test_missing_onnxruntime_names_the_extra(runner: CliRunner, exported, photos,

@@ -10,6 +10,7 @@ import typer
 from resnet_cli.cli.messages import FailureReporter, read_inputs, user_errors
 from resnet_cli.cli.options import (
     BatchSizeOpt,
+    CardResizeOpt,
     DeviceOpt,
     ImageSizeOpt,
     InputsArg,
@@ -19,7 +20,6 @@ from resnet_cli.cli.options import (
     RecursiveOpt,
     WeightsOpt,
 )
-from resnet_cli.images import ResizeMode
 from resnet_cli.registry import DEFAULT_MODEL
 from resnet_cli.render import make_console
 
@@ -47,9 +47,7 @@ def explain(
         "--alpha", min=0.0, max=1.0, metavar="A",
         help="Opacity of the heatmap over the photo, 0 to 1.")] = 0.5,
     image_size: ImageSizeOpt = None,
-    resize: Annotated[ResizeMode | None, typer.Option(
-        "--resize", help="crop or squash (see classify). Default: what a finetuned model was "
-                         "trained with (its config.json), else crop.")] = None,
+    resize: CardResizeOpt = None,
     batch_size: BatchSizeOpt = 32,
     overwrite: OverwriteOpt = False,
     recursive: RecursiveOpt = False,

@@ -68,6 +68,9 @@ BatchSizeOpt = Annotated[int, typer.Option(
 ResizeOpt = Annotated[ResizeMode, typer.Option(
     "--resize", help="crop: shorter side to size/0.875 then centre crop (ImageNet "
                      "evaluation); squash: plain bilinear resize, like keras.utils.load_img.")]
+CardResizeOpt = Annotated[ResizeMode | None, typer.Option(
+    "--resize", help="crop or squash (see classify). Default: what a finetuned model was "
+                     "trained with (its config.json), else crop.")]
 RecursiveOpt = Annotated[bool, typer.Option(
     "--recursive/--no-recursive", "-r", help="Descend into sub-folders of folder inputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]

@@ -12,6 +12,7 @@ import typer
 from resnet_cli.cli.messages import FailureReporter, print_warning, user_errors
 from resnet_cli.cli.options import (
     BatchSizeOpt,
+    CardResizeOpt,
     DataDirArg,
     DeviceOpt,
     ImageSizeOpt,
@@ -21,12 +22,12 @@ from resnet_cli.cli.options import (
     ResizeOpt,
     WeightsOpt,
 )
-from resnet_cli.images import ResizeMode
 from resnet_cli.registry import DEFAULT_MODEL
 from resnet_cli.render import make_console
 from resnet_cli.training.options import DEFAULTS, ClassWeight, FinetuneOptions, Strategy
 
 if TYPE_CHECKING:
+    from resnet_cli.datasets import ClassFolders
     from resnet_cli.evaluate import Evaluation
     from resnet_cli.training import EpochRecord
 
@@ -187,9 +188,7 @@ def evaluate(
     model: ModelOpt = DEFAULT_MODEL,
     image_size: ImageSizeOpt = None,
     batch_size: BatchSizeOpt = 32,
-    resize: Annotated[ResizeMode | None, typer.Option(
-        "--resize", help="crop or squash. Default: what a finetuned model was trained with "
-                         "(its config.json), else crop.")] = None,
+    resize: CardResizeOpt = None,
     fmt: Annotated[ReportFormat, typer.Option(
         "--format", "-f", case_sensitive=False,
         help="A report of tables, or one JSON document.")] = ReportFormat.table,
@@ -215,18 +214,18 @@ def evaluate(
 
     Example: resnet evaluate data/test --weights runs/pets/model.keras --errors 5
     """
-    from resnet_cli.evaluate import card_resize, evaluate_folder
+    from resnet_cli.evaluate import card_resize, evaluate_files
     from resnet_cli.models import ModelOptions, load_model
     from resnet_cli.render.evaluate import render_evaluation, write_evaluation_json
 
     failures = FailureReporter()
     with user_errors():
-        _check_outputs(data_dir, report)
+        data = _check_outputs(data_dir, report)
         loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
                                          device=device), progress=not quiet)
-        result = evaluate_folder(str(data_dir), loaded, batch_size=batch_size,
-                                 resize=resize or card_resize(loaded), max_mistakes=errors,
-                                 progress=not quiet, on_failure=failures)
+        result = evaluate_files(data, loaded, batch_size=batch_size,
+                                resize=resize or card_resize(loaded), max_mistakes=errors,
+                                progress=not quiet, on_failure=failures)
     if fmt is ReportFormat.json:
         write_evaluation_json(result, sys.stdout)
     else:
@@ -236,14 +235,16 @@ def evaluate(
     raise typer.Exit(failures.exit_code)
 
 
-def _check_outputs(data_dir: Path, report: Path | None) -> None:
-    """Fail on a bad dataset layout or an unwritable --report before the model loads."""
+def _check_outputs(data_dir: Path, report: Path | None) -> ClassFolders:
+    """The dataset, scanned (a bad layout or an unwritable --report fails before the model
+    loads)."""
     from resnet_cli.datasets import scan_class_folders
     from resnet_cli.render.report import check_report_dir
 
-    scan_class_folders(data_dir)
+    data = scan_class_folders(data_dir)
     if report is not None:
         check_report_dir(report)
+    return data
 
 
 def _write_html_report(result: Evaluation, folder: Path, weights: str) -> None:

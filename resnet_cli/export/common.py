@@ -213,18 +213,30 @@ def _consumers(model: Any, tensor: Any) -> list[Any]:
     return found
 
 
+REPRODUCE_TOLERANCE = 1e-3  # relative to the largest output; float32 folding gives ~1e-7
+
+
 def check_reproduces(served: Any, network: Any, *, image_size: int, mode: str) -> float:
-    """The largest absolute difference between `served` on uint8 images and `network` on the
-    same images preprocessed the usual way (a self-check of the folding, on random pixels)."""
+    """Check that `served` on uint8 images computes what `network` computes on the same images
+    preprocessed the usual way (the folding of BatchNorm and of the channel flip, on random
+    pixels), before anything is converted or written; returns the largest difference.
+
+    Raises:
+        ModelFileError: they differ by more than REPRODUCE_TOLERANCE.
+    """
     import numpy as np
     from keras.applications import imagenet_utils
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, image_size, image_size, 3), dtype=np.uint8)
-    want = network(imagenet_utils.preprocess_input(images.astype(np.float32), mode=mode),
-                   training=False)
-    got = served(images, training=False)
-    return float(np.max(np.abs(np.asarray(got) - np.asarray(want))))
+    want = np.asarray(network(imagenet_utils.preprocess_input(images.astype(np.float32),
+                                                              mode=mode), training=False))
+    got = np.asarray(served(images, training=False))
+    diff = float(np.max(np.abs(got - want)))
+    if diff > REPRODUCE_TOLERANCE * max(1.0, float(np.max(np.abs(want)))):
+        raise ModelFileError(f"The model prepared for export does not reproduce the Keras "
+                             f"model (max difference {diff:.3g}); nothing was written.")
+    return diff
 
 
 def require_module(module: str, *, extra: str, purpose: str) -> Any:
@@ -240,8 +252,3 @@ def require_module(module: str, *, extra: str, purpose: str) -> Any:
     except ImportError as exc:
         raise UsageError(f"{purpose} needs {module.split('.')[0]}: "
                          f"pip install 'resnet[{extra}]'") from exc
-
-
-def unsupported(path: str, reason: str) -> ModelFileError:
-    """The error for a file that is not a usable export."""
-    return ModelFileError(f"{path}: {reason}")

@@ -24,7 +24,6 @@ from resnet_cli.images import ResizeMode
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_IMAGES = 300
-SUFFIX = ".tflite"
 
 
 def write_litert(served: Any, card: ExportCard, path: Path, *, int8: bool = False,

@@ -16,7 +16,6 @@ from typing import Any
 
 from resnet_cli.export.common import CARD_KEY, INPUT_NAME, ExportCard, require_module
 
-SUFFIX = ".onnx"
 OPSET = 17
 
 

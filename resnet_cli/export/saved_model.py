@@ -12,7 +12,6 @@ from typing import Any
 
 from resnet_cli.export.common import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ExportCard
 
-SUFFIX = ""  # a directory
 CARD_ASSET = f"{CARD_KEY}.json"
 
 

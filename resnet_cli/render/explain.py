@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_cli.errors import ImageError, OutputError
 from resnet_cli.images import CROP_FRACTION, ResizeMode, load_upright_rgb
-from resnet_cli.outputs import atomic_path, check_creatable, check_output_folder
+from resnet_cli.outputs import atomic_path, check_creatable, make_folder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,12 +78,9 @@ def check_folder(folder: Path, names: Sequence[str], *, overwrite: bool) -> None
     Raises:
         OutputError: a file in the way, a folder that cannot be written, or outputs exist.
     """
+    check_creatable(folder)
     if not folder.exists():
-        check_creatable(folder)
         return
-    if not folder.is_dir():
-        raise OutputError(f"Output {folder} is a file; -o takes a folder.")
-    check_output_folder(folder / NPZ_NAME)
     existing = [name for name in [*names, NPZ_NAME] if (folder / name).exists()]
     if existing and not overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
@@ -113,10 +110,7 @@ def write_explanations(
     import numpy as np
 
     start = time.perf_counter()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"Cannot create folder {folder}: {exc.strerror or exc}.") from None
+    make_folder(folder)
     rows: dict[str, list[Any]] = {key: [] for key in
                                   ("paths", "png", "rank", "class_index", "label",
                                    "probability")}

@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from resnet_cli.errors import ImageError, OutputError
+from resnet_cli.errors import ImageError
 from resnet_cli.images import load_upright_rgb
-from resnet_cli.outputs import atomic_path, check_creatable, check_output_folder
+from resnet_cli.outputs import atomic_path, check_creatable, make_folder
 from resnet_cli.render.confusion import (
     GRID_MAX_COLUMNS,
     PAIRS_SHOWN,
@@ -51,11 +51,6 @@ def check_report_dir(folder: Path) -> None:
     Raises:
         OutputError: a file in the way, or a folder that cannot be written.
     """
-    if folder.exists():
-        if not folder.is_dir():
-            raise OutputError(f"--report {folder} is a file; give a folder for the report.")
-        check_output_folder(folder / INDEX_NAME)
-        return
     check_creatable(folder)
 
 
@@ -76,10 +71,7 @@ def write_report(result: Evaluation, folder: Path, *, curves: Path | None = None
     Raises:
         OutputError: the folder or a file cannot be written.
     """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"Cannot create folder {folder}: {exc.strerror or exc}.") from None
+    make_folder(folder)
     matrix = draw_confusion(result)
     _write_bytes(folder / MATRIX_NAME, matrix)
     curves_png = None
@@ -102,19 +94,17 @@ def _write_bytes(path: Path, data: bytes) -> None:
 # ----- the page ---------------------------------------------------------------------------
 
 def build_report_html(result: Evaluation, *, matrix_png: bytes,
-                      curves_png: bytes | None = None,
-                      thumbnails: dict[str, bytes | None] | None = None) -> str:
+                      curves_png: bytes | None = None) -> str:
     """The report as one HTML document. Every value from the data (paths, class names) is
     escaped; numbers carry their exact value in a `data-value` attribute.
 
     Args:
         matrix_png: the confusion-matrix picture (`confusion.draw_confusion`).
         curves_png: the training curves of the model's run, if any.
-        thumbnails: PNG thumbnail (or None: unreadable) by mistake path; default: read with
-            `thumbnail_png`.
+
+    The thumbnails of the mistakes are read from their files (None where unreadable).
     """
-    if thumbnails is None:
-        thumbnails = {m.path: _try_thumbnail(m.path) for m in result.mistakes[:GALLERY_MAX]}
+    thumbnails = {m.path: _try_thumbnail(m.path) for m in result.mistakes[:GALLERY_MAX]}
     e = _escape
     title = f"{result.model} on {result.dataset}"
     parts = [
