@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from resnet_cli.errors import ModelFileError, first_line
 from resnet_cli.export.common import CARD_KEY, INPUT_NAME, ExportCard, require_module
 
 OPSET = 17
@@ -33,10 +34,15 @@ def write_onnx(served: Any, card: ExportCard, path: Path) -> None:
     spec = tf.TensorSpec((None, size, size, 3), tf.uint8, name=INPUT_NAME)
     # tf2onnx prints its progress on stdout, which belongs to results; Keras' tf2onnx shim
     # trips a NumPy FutureWarning that is not the user's concern.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"keras\..*")
-        served.export(str(path), format="onnx", input_signature=[spec], opset_version=OPSET,
-                      verbose=False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"keras\..*")
+            served.export(str(path), format="onnx", input_signature=[spec],
+                          opset_version=OPSET, verbose=False)
+    except OSError:
+        raise  # disk full, read-only...: the caller names the output
+    except Exception as exc:  # tf2onnx raises ValueError, RuntimeError, its own errors...
+        raise ModelFileError(f"ONNX conversion failed: {first_line(exc)}") from exc
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {CARD_KEY: card.to_json()})
     onnx.save(model, str(path))
