@@ -139,23 +139,43 @@ def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) ->
     Raises:
         ImageError: the file is missing, unreadable, not an image, or too large to decode safely.
     """
+    return _decode(lambda: open_regular_file(path), path, size=size, resize=resize)
+
+
+def decode_image(data: bytes, *, name: str, size: int,
+                 resize: ResizeMode = ResizeMode.crop) -> np.ndarray:
+    """`load_image` for an image already in memory (an upload, an object read from a bucket):
+    the same checks, decoding and resizing; `name` is what errors call it.
+
+    Raises:
+        ImageError: empty, not an image, or too large to decode safely.
+    """
+    import io
+
+    if not data:
+        raise ImageError(name, "empty file")
+    return _decode(lambda: io.BytesIO(data), name, size=size, resize=resize)
+
+
+def _decode(opener: Callable[[], IO[bytes]], name: str, *, size: int,
+            resize: ResizeMode) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves at least the pixels
     # the crop needs: several times faster on large photos.
     need = int(size / CROP_FRACTION) + 1
     try:
-        rgb = _read_upright(path, lambda w, h: (need, need) if resize is ResizeMode.crop
-                            else None)
+        rgb = _read_upright(opener, name, lambda w, h: (need, need)
+                            if resize is ResizeMode.crop else None)
         return _resize(rgb, size, resize)
     except UnidentifiedImageError:
-        raise ImageError(path, "not an image Pillow can read") from None
+        raise ImageError(name, "not an image Pillow can read") from None
     except Image.DecompressionBombError:
         raise ImageError(
-            path, f"too many pixels (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,})"
+            name, f"too many pixels (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,})"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(path, f"cannot decode: {exc}") from None
+        raise ImageError(name, f"cannot decode: {exc}") from None
 
 
 def load_upright_rgb(path: str, *, draft: Callable[[int, int], tuple[int, int]],
@@ -170,23 +190,24 @@ def load_upright_rgb(path: str, *, draft: Callable[[int, int], tuple[int, int]],
     from PIL import Image
 
     try:
-        return _read_upright(path, draft)
+        return _read_upright(lambda: open_regular_file(path), path, draft)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageError(path, f"cannot read it again {purpose}: {exc}") from None
 
 
-def _read_upright(path: str, draft: Callable[[int, int], tuple[int, int] | None]
-                  ) -> Image.Image:
-    """Open `path` (a regular file only), refuse decompression bombs, let a JPEG decode at a
-    reduced scale when `draft(width, height)` names a size, apply EXIF orientation, convert
-    to RGB. Pillow's and the OS's exceptions pass through; `ImageError` for non-files."""
+def _read_upright(opener: Callable[[], IO[bytes]], name: str,
+                  draft: Callable[[int, int], tuple[int, int] | None]) -> Image.Image:
+    """Open the image (`opener`: a regular file only, or bytes in memory), refuse
+    decompression bombs, let a JPEG decode at a reduced scale when `draft(width, height)`
+    names a size, apply EXIF orientation, convert to RGB. Pillow's and the OS's exceptions
+    pass through; `ImageError` for non-files."""
     from PIL import Image
 
     _quiet_pillow_bomb_warning()
-    with open_regular_file(path) as handle, Image.open(handle) as img:
+    with opener() as handle, Image.open(handle) as img:
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and img.width * img.height > limit:
-            raise Image.DecompressionBombError(path)
+            raise Image.DecompressionBombError(name)
         wanted = draft(img.width, img.height) if img.format == "JPEG" else None
         if wanted is not None:
             img.draft("RGB", wanted)

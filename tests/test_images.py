@@ -222,3 +222,17 @@ def test_decompression_bombs_are_refused(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
     with pytest.raises(ImageError, match="too many pixels"):
         load_image(str(path), size=32)
+
+
+def test_bytes_in_memory_decode_like_the_file(tmp_path: Path) -> None:
+    path = make_image(tmp_path / "a.jpg", size=(90, 60))
+    from resnet_cli.images import decode_image
+
+    for mode in ResizeMode:
+        want = load_image(str(path), size=32, resize=mode)
+        got = decode_image(path.read_bytes(), name="upload.jpg", size=32, resize=mode)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ImageError, match=r"upload\.bin: empty file"):
+        decode_image(b"", name="upload.bin", size=32)
+    with pytest.raises(ImageError, match=r"upload\.txt: not an image"):
+        decode_image(b"hello", name="upload.txt", size=32)
