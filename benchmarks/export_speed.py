@@ -47,12 +47,12 @@ def main() -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     from resnet_cli.classify import classify_images
+    from resnet_cli.devices import runtime_threads
     from resnet_cli.export import ExportFormat, export_model
     from resnet_cli.images import load_image
     from resnet_cli.inference import make_predictor
     from resnet_cli.models import ModelOptions, load_model
     from resnet_cli.photos import synthesize_photos
-    from resnet_cli.runtimes import runtime_threads
 
     folder = Path(tempfile.mkdtemp(prefix="export-speed-"))
     keras.utils.set_random_seed(0)

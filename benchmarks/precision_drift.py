@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from resnet_cli.cards import ModelCard, model_card_dict
+from resnet_cli.card import ModelCard, card_entry
 from resnet_cli.devices import cpu_supports_bf16
 from resnet_cli.images import load_image
 from resnet_cli.inference import Predictor
@@ -119,9 +119,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.keras"
         model.save(path)
-        (path.parent / "config.json").write_text(json.dumps(model_card_dict(ModelCard(
+        (path.parent / "config.json").write_text(json.dumps(card_entry(ModelCard(
             base_model="resnet50", image_size=size, preprocess_mode="caffe",
-            class_names=CLASSES))))
+            class_names=tuple(CLASSES)))))
         fp32 = load_model(ModelOptions(weights=str(path), device="cpu"))
         bf16 = load_model(ModelOptions(weights=str(path), device="cpu", precision="bf16"))
     print(f"policies: {fp32.policy} vs {bf16.policy}")

@@ -1,37 +1,25 @@
-"""The ResNet inside a model, and models that take features from it.
+"""Models that take features from the ResNet inside a model.
 
-`find_backbone` finds the ResNet in a plain application model or in a finetuned `.keras`
-model (where it is nested under the classifier head); `build_feature_model` cuts a model from
-preprocessed images to the features of one of its layers (`feature_layer`), as `extract`,
-`export --features` and `explain` need.
+`build_feature_model` cuts a model from preprocessed images to the features of one of the
+backbone's layers (`feature_layer`), as `extract`, `export --no-include-top`, `summary` and
+`explain` need; `graph.find_backbone` finds the backbone.
 
 Keras is imported inside functions only, so importing this module is cheap.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from resnet_cli.devices import import_tensorflow
 from resnet_cli.errors import ModelFileError, UsageError
-from resnet_cli.models import LoadedModel, validate_pooling
+from resnet_cli.graph import backbone_feed, find_backbone
+from resnet_cli.loaded import LoadedModel
+from resnet_cli.models import load_model, resolve_pooling, validate_pooling
 
-
-def find_backbone(model: Any) -> Any:
-    """The ResNet inside `model`: a nested model named like a variant (finetuned `.keras`
-    models), the only nested model, or `model` itself (a plain application model)."""
-    import keras
-
-    from resnet_cli.registry import MODELS
-
-    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    for layer in nested:
-        if layer.name in MODELS:
-            return layer
-    if nested:
-        return max(nested, key=lambda layer: len(layer.layers))
-    return model
-
+if TYPE_CHECKING:
+    from resnet_cli.models import ModelOptions
 
 
 def build_feature_model(loaded: LoadedModel, *, pooling: str | None = "avg",
@@ -52,7 +40,7 @@ def build_feature_model(loaded: LoadedModel, *, pooling: str | None = "avg",
     import keras
 
     pooling = validate_pooling(pooling, include_top=False)
-    outer = loaded.model
+    outer = loaded.keras_model("features of a chosen layer")
     backbone = find_backbone(outer)
     target = feature_layer(backbone, layer)
     rank = _output_rank(target)
@@ -70,10 +58,9 @@ def build_feature_model(loaded: LoadedModel, *, pooling: str | None = "avg",
     model = keras.Model(_single(backbone.inputs), features, name=f"{backbone.name}_features")
     if backbone is not outer:
         # Layers between the outer input and the backbone (augmentation, resizing) stay in.
-        nodes = getattr(backbone, "_inbound_nodes", [])
-        feeds = list(nodes[0].input_tensors) if len(nodes) == 1 else []
-        if len(feeds) == 1 and not any(feeds[0] is x for x in outer.inputs):
-            model = keras.Model(_single(outer.inputs), model(feeds[0]), name=model.name)
+        feed = backbone_feed(outer, backbone)
+        if feed is not None:
+            model = keras.Model(_single(outer.inputs), model(feed), name=model.name)
     return model
 
 
@@ -123,3 +110,25 @@ def _named_layer(backbone: Any, name: str) -> Any:
         examples = ", ".join(stage_ends.values()) or ", ".join(names[-3:])
         hint = f"stage outputs are {examples}."
     raise UsageError(f"--layer '{name}' is not a layer of {backbone.name}; {hint}")
+
+
+def load_network(options: ModelOptions, *, progress: bool | None = None
+                 ) -> tuple[LoadedModel, Any]:
+    """The network a command runs for `options`, as (loaded, network): the classifier, or
+    with `include_top=False` the backbone's features pooled by `--pooling`'s rule (avg unless
+    asked otherwise), exactly what `resnet extract` computes, for a registry variant and for a
+    finetuned `.keras` model alike.
+
+    Raises:
+        UsageError: pooling with the classifier, or a model without one when it is asked for.
+        WeightsError / ModelFileError: from loading the model.
+    """
+    pooling = resolve_pooling(options.pooling, include_top=options.include_top)
+    if options.include_top:
+        loaded = load_model(options, progress=progress)
+        if loaded.labels is None:
+            raise UsageError(f"{loaded.source} has no classifier; use --no-include-top "
+                             "(features).")
+        return loaded, loaded.keras_model("this command")
+    loaded = load_model(replace(options, include_top=False, pooling=None), progress=progress)
+    return loaded, build_feature_model(loaded, pooling=pooling or "none")

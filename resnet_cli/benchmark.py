@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_cli.errors import ImageError, UsageError
 from resnet_cli.images import ResizeMode
-from resnet_cli.models import LoadedModel, ModelOptions
+from resnet_cli.loaded import LoadedModel
+from resnet_cli.models import ModelOptions
 from resnet_cli.photos import DEFAULT_PHOTO_SIZE, PHOTO_QUALITY, synthesize_photos
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from resnet_cli.inference import BatchPredictor, FailureHandler
+    from resnet_cli.loaded import BatchPredictor, FailureHandler
 
 SYNTH_BATCHES = 4
 
@@ -51,7 +52,7 @@ class BenchmarkOptions:
     warmup: int = 1
     inputs: Sequence[str] | None = None
     photo_size: tuple[int, int] = DEFAULT_PHOTO_SIZE
-    resize: ResizeMode = ResizeMode.crop
+    resize: ResizeMode | None = None  # None: the model card's (set once the model is loaded)
     baseline: bool = True
 
 
@@ -172,7 +173,8 @@ def run_benchmark(options: BenchmarkOptions, *, progress: bool = True,
     import_tensorflow()
     if loaded is None:
         loaded = load_model(options.model, progress=progress)
-    if loaded.runtime != "keras" and options.baseline:  # an exported .tflite/.onnx file
+    options = replace(options, resize=loaded.resize_or_own(options.resize))
+    if loaded.exported is not None and options.baseline:  # an exported .tflite/.onnx file
         import logging
 
         logging.getLogger(__name__).warning(
@@ -237,6 +239,13 @@ class _Setup:
     precompiled: bool
     keras_first_s: float | None
 
+    @property
+    def trace_count(self) -> int:
+        """Traces of the predictor's compiled function so far (0: nothing to trace)."""
+        from resnet_cli.inference import trace_count
+
+        return trace_count(self.predictor)
+
 
 def _read_inputs(paths: list[str], options: BenchmarkOptions, size: int,
                  on_failure: FailureHandler | None) -> _Inputs:
@@ -250,7 +259,7 @@ def _read_inputs(paths: list[str], options: BenchmarkOptions, size: int,
     arrays, good, errors = [], [], []
     for path in paths:
         try:
-            arrays.append(load_image(path, size=size, resize=options.resize))
+            arrays.append(load_image(path, size=size, resize=options.resize or ResizeMode.crop))
             good.append(path)
         except ImageError as exc:
             errors.append(exc)
@@ -266,7 +275,7 @@ def _read_inputs(paths: list[str], options: BenchmarkOptions, size: int,
 
 def _measure(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, described: str,
              *, progress: bool) -> BenchmarkReport:
-    from resnet_cli.render import progress_bar
+    from resnet_cli.progress import progress_bar
 
     twin_needed = loaded.policy != "float32"
     rounds = options.warmup + options.repeats
@@ -285,7 +294,7 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, de
         policy=loaded.policy, device=loaded.device, batch_size=batch_size,
         image_size=loaded.image_size, inputs=described, input_count=images,
         compile_s=setup.compile_s, precompiled=setup.precompiled,
-        keras_first_s=setup.keras_first_s, trace_count=getattr(setup.predictor, "trace_count", 0),
+        keras_first_s=setup.keras_first_s, trace_count=setup.trace_count,
         timings=timings, ratios=_ratios(seconds), errors=inputs.errors,
         cpu_count=os.cpu_count() or 0, other_cpu=other_cpu,
     )
@@ -294,16 +303,17 @@ def _measure(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, de
 def _set_up(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, bar: Any, *,
             twin_needed: bool) -> _Setup:
     """Compile the model (timed), then the fp32 twin and the Keras baseline when asked for."""
-    from resnet_cli.inference import Predictor, make_predictor
+    from resnet_cli.inference import Predictor, make_predictor, trace_count
 
     start = time.perf_counter()
     predictor = make_predictor(loaded, inputs.batch_size)  # folds BatchNorm, unless compiled
-    precompiled = getattr(predictor, "trace_count", 0) > 0
+    precompiled = trace_count(predictor) > 0
     predictor(inputs.ready)
     compile_s = time.perf_counter() - start
     bar.update(1)
 
-    runs = dict(zip(("model", "classify"), _runs_of(loaded, predictor, inputs, options.resize),
+    resize = options.resize or ResizeMode.crop  # resolved from the card in run_benchmark
+    runs = dict(zip(("model", "classify"), _runs_of(loaded, predictor, inputs, resize),
                     strict=True))
     fp32 = loaded
     if twin_needed:
@@ -313,7 +323,7 @@ def _set_up(options: BenchmarkOptions, loaded: LoadedModel, inputs: _Inputs, bar
         reference(inputs.ready)
         bar.update(1)
         runs["model_fp32"], runs["classify_fp32"] = _runs_of(fp32, reference, inputs,
-                                                             options.resize)
+                                                             resize)
     keras_first_s = None
     if options.baseline:
         bar.set_description("warming up plain Keras")

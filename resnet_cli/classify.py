@@ -6,8 +6,8 @@ from collections.abc import Iterator, Sequence
 
 from resnet_cli.errors import UsageError
 from resnet_cli.images import ResizeMode
-from resnet_cli.inference import FailureHandler, predict_paths
-from resnet_cli.models import LoadedModel
+from resnet_cli.inference import predict_paths
+from resnet_cli.loaded import FailureHandler, LoadedModel
 from resnet_cli.results import ClassifyResult, Prediction
 
 DEFAULT_TOP_K = 5
@@ -19,7 +19,7 @@ def classify_images(
     *,
     top_k: int | None = None,
     batch_size: int = 32,
-    resize: ResizeMode = ResizeMode.crop,
+    resize: ResizeMode | None = None,
     progress: bool = True,
     on_failure: FailureHandler | None = None,
 ) -> Iterator[ClassifyResult]:

@@ -183,7 +183,7 @@ def decode_all(data: ClassFolders, *, size: int, resize: ResizeMode, progress: b
     """Decode every image of `data` once, on worker threads; failures are left out."""
     import numpy as np
 
-    from resnet_cli.render import progress_bar
+    from resnet_cli.progress import progress_bar
 
     out = np.empty((len(data.paths), size, size, 3), dtype=np.uint8)
     keep: list[int] = []

@@ -255,3 +255,11 @@ def precision_policy(precision: str, device: str, *, cpu_bf16: bool | None = Non
                     "running in fp32 instead of bf16")
         return "float32"
     return "mixed_bfloat16"
+
+
+def runtime_threads() -> int:
+    """Threads a runtime computes with: every core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -11,115 +11,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from resnet_cli.datasets import ClassFolders
 from resnet_cli.errors import DatasetError, ImageError, UsageError
 from resnet_cli.images import ResizeMode
-from resnet_cli.inference import FailureHandler, predict_paths
-from resnet_cli.labels import ClassLabel
+from resnet_cli.inference import predict_paths
+from resnet_cli.labels import ClassLabel, close_classes, find_class
+from resnet_cli.results import ClassScores, Evaluation, Mistake
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from resnet_cli.models import LoadedModel
+    from resnet_cli.loaded import FailureHandler, LoadedModel
 
 OTHER = "(other)"  # confusion-matrix column for predictions outside the dataset's classes
-
-
-@dataclass(frozen=True)
-class ClassScores:
-    """Precision, recall and F1 of one dataset class (0.0 where undefined)."""
-
-    name: str
-    support: int
-    precision: float
-    recall: float
-    f1: float
-
-
-@dataclass(frozen=True)
-class Mistake:
-    """A misclassified file: its true class, the predicted one and that prediction's
-    probability."""
-
-    path: str
-    true_label: str
-    predicted_label: str
-    probability: float
-    true_probability: float | None = None  # the probability given to the true class
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What `evaluate_files` measured. `confusion[i][j]` counts images of `classes[i]`
-    predicted as `columns[j]`; `columns` is the dataset's classes, plus `(other)` when some
-    prediction fell outside them. `top5` is None for models with fewer than 5 classes."""
-
-    model: str
-    dataset: str
-    images: int
-    top1: float
-    top5: float | None
-    classes: tuple[ClassScores, ...]
-    columns: tuple[str, ...]
-    confusion: tuple[tuple[int, ...], ...]
-    mistakes: tuple[Mistake, ...]  # the most confident ones first, at most `max_mistakes`
-    mistake_count: int
-    failures: tuple[ImageError, ...] = ()
-    seconds: float = 0.0
-    # How the images were fed (for the HTML report): the variant, input size, resize, device.
-    architecture: str = ""
-    image_size: int = 0
-    resize: str = ""
-    device: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (also `metrics.json` of a finetune run)."""
-        return {
-            "model": self.model, "dataset": self.dataset, "images": self.images,
-            "top1_accuracy": self.top1, "top5_accuracy": self.top5,
-            "macro_f1": macro_f1(self.classes),
-            "per_class": [{"class": c.name, "support": c.support, "precision": c.precision,
-                           "recall": c.recall, "f1": c.f1} for c in self.classes],
-            "confusion_matrix": {"rows": [c.name for c in self.classes],
-                                 "columns": list(self.columns),
-                                 "counts": [list(row) for row in self.confusion]},
-            "errors": {"count": self.mistake_count, "shown": [
-                {"path": m.path, "true": m.true_label, "predicted": m.predicted_label,
-                 "probability": m.probability} for m in self.mistakes]},
-            "failed_images": [{"path": f.path, "error": f.reason} for f in self.failures],
-            "seconds": self.seconds,
-        }
-
-
-def macro_f1(classes: Sequence[ClassScores]) -> float:
-    """Unweighted mean F1 over the classes."""
-    return sum(c.f1 for c in classes) / len(classes) if classes else 0.0
 
 
 def match_classes(folder_names: Sequence[str], labels: Sequence[ClassLabel], *, source: str
                   ) -> list[int]:
     """The model output index of each dataset class folder.
 
-    Folders match a class by its name, or by its WordNet id for ImageNet models; ImageNet
-    names also match case-insensitively with spaces for underscores.
+    Folders match a class by the one rule of `labels.find_class`: its name (case-insensitive,
+    spaces and underscores alike) or its WordNet id.
 
     Raises:
-        DatasetError: a folder names no class of the model.
+        DatasetError: a folder names no class of the model (with close names, if any).
     """
-    by_key: dict[str, int] = {}
-    for label in labels:
-        by_key.setdefault(label.name, label.index)
-        if label.wnid:
-            by_key.setdefault(label.wnid, label.index)
-            by_key.setdefault(label.name.lower().replace(" ", "_"), label.index)
     indices, unknown = [], []
     for name in folder_names:
-        index = by_key.get(name)
-        if index is None and any(label.wnid for label in labels):
-            index = by_key.get(name.lower().replace(" ", "_"))
+        index = find_class(name, labels)
         if index is None:
             unknown.append(name)
         else:
@@ -131,9 +52,11 @@ def match_classes(folder_names: Sequence[str], labels: Sequence[ClassLabel], *, 
                  + (", ..." if len(labels) > 10 else ""))
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5
                                          else "")
+        close = close_classes(unknown[0], labels)
+        hint = f" Did you mean {', '.join(close)} for {unknown[0]}?" if close else ""
         raise DatasetError(f"Class folder{'s' if len(unknown) > 1 else ''} {shown} "
                            f"match{'' if len(unknown) > 1 else 'es'} no class of {source} "
-                           f"(it knows: {known}).")
+                           f"(it knows: {known}).{hint}")
     return indices
 
 
@@ -202,7 +125,7 @@ def evaluate_files(
     loaded: LoadedModel,
     *,
     batch_size: int = 32,
-    resize: ResizeMode = ResizeMode.crop,
+    resize: ResizeMode | None = None,
     max_mistakes: int = 10,
     progress: bool = True,
     on_failure: FailureHandler | None = None,
@@ -251,15 +174,5 @@ def evaluate_files(
                               max_mistakes=max_mistakes)
     return Evaluation(model=loaded.source, dataset=data.root, failures=tuple(failures),
                       seconds=time.perf_counter() - started, architecture=loaded.spec.name,
-                      image_size=loaded.image_size, resize=resize.value,
+                      image_size=loaded.image_size, resize=loaded.resize_or_own(resize).value,
                       device=loaded.device, **metrics)
-
-
-def card_resize(loaded: LoadedModel) -> ResizeMode:
-    """The resize a finetuned model was trained with (from its card), else crop."""
-    card = loaded.card
-    value = card.extra.get("resize") if card is not None else None
-    try:
-        return ResizeMode(value) if value else ResizeMode.crop
-    except ValueError:
-        return ResizeMode.crop

@@ -19,24 +19,18 @@ inference path (`inference.iter_batches`).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from resnet_cli.backbones import feature_layer, find_backbone
+from resnet_cli.backbones import feature_layer
 from resnet_cli.errors import ModelFileError, UsageError
-from resnet_cli.evaluate import card_resize
 from resnet_cli.folding import fold_batch_norm
+from resnet_cli.graph import backbone_feed, find_backbone, head_after
 from resnet_cli.images import ResizeMode
-from resnet_cli.inference import (
-    CompiledPredictor,
-    FailureHandler,
-    fitted_batch_size,
-    iter_batches,
-)
-from resnet_cli.labels import ClassLabel
-from resnet_cli.models import LoadedModel, require_keras
+from resnet_cli.inference import CompiledPredictor, fitted_batch_size, iter_batches
+from resnet_cli.labels import ClassLabel, resolve_class
+from resnet_cli.loaded import FailureHandler, LoadedModel
 
 if TYPE_CHECKING:
     import numpy as np
@@ -145,7 +139,7 @@ def explain_images(
             `target_class`, or a `layer` that is not an (h, w, C) layer of the backbone.
         ModelFileError: a model whose classifier head cannot be rebuilt around its backbone.
     """
-    require_keras(loaded, "explain (gradients through its layers)")
+    loaded.keras_model("explain (gradients through its layers)")
     labels = loaded.labels
     if labels is None:
         raise UsageError("explain needs a model with its classifier.")
@@ -163,7 +157,7 @@ def explain_images(
     h, w = (int(d) for d in gradient_model.outputs[0].shape[1:3])
     setup = ExplainSetup(layer=target.name, map_size=(h, w), class_index=class_index,
                          top_k=top_k, score="logit" if dense is not None else "probability",
-                         resize=resize or card_resize(loaded))
+                         resize=loaded.resize_or_own(resize))
     predictor = GradCamPredictor(loaded, setup, fitted_batch_size(batch_size, len(paths)),
                                  gradient_model, dense)
     return setup, _iter_explanations(paths, loaded, labels, predictor, resize=setup.resize,
@@ -189,34 +183,6 @@ def _iter_explanations(paths: Sequence[str], loaded: LoadedModel,
                               for rank, (i, p, heatmap) in enumerate(classes, start=1)))
 
 
-def resolve_class(text: str, labels: Sequence[ClassLabel]) -> int:
-    """The index of the class `text` names: an index, a class name (case and `_`/space
-    insensitive) or a WordNet id.
-
-    Raises:
-        UsageError: no such class (the message suggests close names).
-    """
-    value = text.strip()
-    if value.lstrip("-").isdecimal():
-        index = int(value)
-        if not 0 <= index < len(labels):
-            raise UsageError(f"--class {index} is out of range: the model has classes "
-                             f"0 to {len(labels) - 1}.")
-        return index
-
-    def key(name: str) -> str:
-        return name.casefold().replace(" ", "_")
-
-    for label in labels:
-        if key(label.name) == key(value) or (label.wnid is not None and label.wnid == value):
-            return label.index
-    close = difflib.get_close_matches(key(value), [key(label.name) for label in labels], n=3,
-                                      cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else \
-        f"give a class name or an index from 0 to {len(labels) - 1}."
-    raise UsageError(f"--class '{text}' is not a class of this model; {hint}")
-
-
 def build_gradient_model(loaded: LoadedModel, *, layer: str | None = None
                          ) -> tuple[Any, Any, Any]:
     """A Keras model from preprocessed images to [feature map of `layer`, scores], sharing
@@ -234,7 +200,7 @@ def build_gradient_model(loaded: LoadedModel, *, layer: str | None = None
     """
     import keras
 
-    outer = loaded.model
+    outer = loaded.keras_model("explain")
     backbone = find_backbone(outer)
     target = feature_layer(backbone, layer)
     try:
@@ -252,7 +218,11 @@ def build_gradient_model(loaded: LoadedModel, *, layer: str | None = None
         scores = last.input if dense is not None else outer.outputs[0]
         return keras.Model(outer.inputs[0], [feature, scores], name="grad_cam"), dense, target
 
-    head = _head_after(outer, backbone)
+    try:
+        head = head_after(outer, backbone)
+        feed = backbone_feed(outer, backbone)
+    except ModelFileError as exc:
+        raise ModelFileError(f"Cannot rebuild {outer.name} for Grad-CAM: {exc}") from None
     if dense is not None:
         head = head[:-1]
     # The backbone up to both the chosen layer and its own output, as one inner model.
@@ -260,10 +230,9 @@ def build_gradient_model(loaded: LoadedModel, *, layer: str | None = None
     inner = keras.Model(backbone.inputs[0], ends, name=f"{backbone.name}_grad_cam")
     image = keras.Input(tuple(outer.inputs[0].shape[1:]), name="image")
     x = image
-    feeds = list(_own_node(outer, backbone).input_tensors)
-    if not any(feeds[0] is t for t in outer.inputs):
+    if feed is not None:
         # Layers between the outer input and the backbone (resizing and the like) stay in.
-        x = keras.Model(outer.inputs[0], feeds[0], name="before_backbone")(x)
+        x = keras.Model(outer.inputs[0], feed, name="before_backbone")(x)
     fmap, *rest = inner(x)
     x = rest[0] if rest else fmap
     for head_layer in head:
@@ -272,35 +241,6 @@ def build_gradient_model(loaded: LoadedModel, *, layer: str | None = None
         raise ModelFileError(f"Cannot rebuild {outer.name} for Grad-CAM: its output has shape "
                              f"{tuple(x.shape)}, not one score per class.")
     return keras.Model(image, [fmap, x], name="grad_cam"), dense, target
-
-
-def _head_after(outer: Any, backbone: Any) -> list[Any]:
-    """The layers of `outer` after its nested `backbone`, checked to be a single chain."""
-    layers = outer.layers
-    head = layers[layers.index(backbone) + 1:]
-    previous = backbone
-    for layer in head:
-        inputs = list(_own_node(outer, layer).input_tensors)
-        if len(inputs) != 1 or inputs[0]._keras_history.operation is not previous:
-            raise ModelFileError(
-                f"Cannot rebuild {outer.name} for Grad-CAM: the layers after {backbone.name} "
-                f"are not a single chain (at {layer.name}).")
-        previous = layer
-    if outer.outputs[0]._keras_history.operation is not previous:
-        raise ModelFileError(f"Cannot rebuild {outer.name} for Grad-CAM: its output does not "
-                             f"come from the layers after {backbone.name}.")
-    return list(head)
-
-
-def _own_node(outer: Any, layer: Any) -> Any:
-    """The call of `layer` that is part of `outer`'s graph (a layer shared with the models
-    built here has more than one)."""
-    own = {id(node) for nodes in outer._nodes_by_depth.values() for node in nodes}
-    nodes = [node for node in layer._inbound_nodes if id(node) in own]
-    if len(nodes) != 1:
-        raise ModelFileError(f"Cannot rebuild {outer.name} for Grad-CAM: {layer.name} is "
-                             "called more than once in it.")
-    return nodes[0]
 
 
 def _compile_grad_cam(model: Any, dense: Any, setup: ExplainSetup, batch_size: int,

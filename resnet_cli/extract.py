@@ -24,18 +24,11 @@ if TYPE_CHECKING:
     import numpy as np
 
     from resnet_cli.features import RowWriter
-    from resnet_cli.inference import Batch, FailureHandler
-    from resnet_cli.models import LoadedModel, ModelOptions
+    from resnet_cli.inference import Batch
+    from resnet_cli.loaded import FailureHandler, LoadedModel
+    from resnet_cli.models import ModelOptions
 
 log = logging.getLogger(__name__)
-
-
-class Pooling(str, Enum):
-    """How the feature map becomes the output."""
-
-    avg = "avg"
-    max = "max"
-    none = "none"  # the (h, w, C) map itself
 
 
 class FeatureDType(str, Enum):
@@ -101,10 +94,10 @@ def extract_features(
     output: Path,
     *,
     options: ModelOptions,
-    pooling: str = "avg",
+    pooling: str | None = None,
     layer: str | None = None,
     batch_size: int = 32,
-    resize: ResizeMode = ResizeMode.crop,
+    resize: ResizeMode | None = None,
     l2_normalize: bool = False,
     dtype: str = "float32",
     shard: Shard | None = None,
@@ -123,10 +116,10 @@ def extract_features(
         WeightsError / ModelFileError / DeviceError: from loading the model.
     """
     from resnet_cli.devices import apply_device, multi_gpu_strategy, parse_device
-    from resnet_cli.models import load_model, validate_pooling
+    from resnet_cli.models import load_model, resolve_pooling
 
     check_feature_output(output, overwrite=overwrite)
-    validate_pooling(pooling, include_top=False)
+    resolve_pooling(pooling, include_top=False)
     out_dtype = FeatureDType(dtype)
     if shard is not None:
         selected = shard.select(paths)
@@ -140,9 +133,6 @@ def extract_features(
     strategy = multi_gpu_strategy()
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         loaded = load_model(replace(options, include_top=False, pooling=None), progress=progress)
-        if options.image_size is not None and options.image_size != loaded.image_size:
-            raise UsageError(f"{loaded.source} takes {loaded.image_size}x{loaded.image_size} "
-                             f"input; got --image-size {options.image_size}. Drop --image-size.")
         return _write_features(
             paths, loaded, output, pooling=pooling, layer=layer, batch_size=batch_size,
             resize=resize, l2_normalize=l2_normalize, dtype=out_dtype, overwrite=overwrite,
@@ -155,10 +145,10 @@ def write_features(
     loaded: LoadedModel,
     output: Path,
     *,
-    pooling: str | None = "avg",
+    pooling: str | None = None,
     layer: str | None = None,
     batch_size: int = 32,
-    resize: ResizeMode = ResizeMode.crop,
+    resize: ResizeMode | None = None,
     l2_normalize: bool = False,
     dtype: str = "float32",
     overwrite: bool = False,
@@ -190,7 +180,7 @@ def _write_features(
     pooling: str | None,
     layer: str | None,
     batch_size: int,
-    resize: ResizeMode,
+    resize: ResizeMode | None,
     l2_normalize: bool,
     dtype: FeatureDType,
     overwrite: bool,
@@ -201,18 +191,20 @@ def _write_features(
     """`write_features` for an output that the caller has already checked."""
     import numpy as np
 
-    from resnet_cli.backbones import build_feature_model, feature_layer, find_backbone
+    from resnet_cli.backbones import build_feature_model, feature_layer
+    from resnet_cli.graph import find_backbone
     from resnet_cli.inference import predict_paths
+    from resnet_cli.models import resolve_pooling
 
     out_dtype = np.dtype(dtype.value)
     feature_model: Any = None
-    if loaded.runtime != "keras":  # an exported backbone: the file's own features
+    if loaded.exported is not None:  # an exported backbone: the file's own features
         from resnet_cli.runtimes import exported_features
 
         row_shape, layer_name = exported_features(loaded, pooling=pooling, layer=layer)
     else:
         feature_model = build_feature_model(
-            loaded, pooling=None if pooling in (None, "none") else pooling, layer=layer)
+            loaded, pooling=resolve_pooling(pooling, include_top=False) or "none", layer=layer)
         row_shape = tuple(int(d) for d in feature_model.output_shape[1:])
         layer_name = str(feature_layer(find_backbone(loaded.model), layer).name)
     failed = 0

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from resnet_cli.graph import is_functional, model_nodes, producer
+
 log = logging.getLogger(__name__)
 
 
@@ -73,9 +75,9 @@ def _foldable_pairs(model: Any) -> dict[int, tuple[Any, Any]]:
     import keras
 
     pairs: dict[int, tuple[Any, Any]] = {}
-    nodes = [node for depth in getattr(model, "_nodes_by_depth", {}).values() for node in depth]
-    if not nodes:  # a Sequential or subclassed model: left as it is
+    if not is_functional(model):  # a Sequential or subclassed model: left as it is
         return pairs
+    nodes = model_nodes(model)
     consumers: dict[int, int] = {}
     calls: dict[int, int] = {}
     for node in nodes:
@@ -92,8 +94,7 @@ def _foldable_pairs(model: Any) -> dict[int, tuple[Any, Any]]:
                 or len(node.input_tensors) != 1 or calls[id(layer)] != 1:
             continue
         source = node.input_tensors[0]
-        history = getattr(source, "_keras_history", None)
-        conv: Any = history.operation if history is not None else None
+        conv = producer(source)
         if (type(conv) is keras.layers.Conv2D and calls.get(id(conv)) == 1
                 and conv.data_format == "channels_last" and layer.axis in (-1, 3)
                 and conv.get_config()["activation"] == "linear"

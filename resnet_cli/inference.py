@@ -27,37 +27,17 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from resnet_cli.errors import ImageError
 from resnet_cli.folding import fold_batch_norm
 from resnet_cli.images import ResizeMode, load_image
+from resnet_cli.loaded import BatchPredictor, FailureHandler, LoadedModel
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from resnet_cli.models import LoadedModel
-
 PREFETCH_BATCHES = 2
-
-FailureHandler = Callable[[ImageError], None]
-"""Called once for each input that cannot be read; the rest of the batch goes on."""
-
-
-class BatchPredictor(Protocol):
-    """What the inference path needs of a model: uint8 batches in, float32 rows out."""
-
-    @property
-    def batch_size(self) -> int:
-        """Rows per call: callers never pass more (shorter batches are fine)."""
-
-    @property
-    def shares_cpu(self) -> bool:
-        """Whether it computes on the CPU, where image decoding competes with it for cores."""
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Rows for up to `batch_size` images of shape (n, size, size, 3), uint8."""
-
 
 def fitted_batch_size(batch_size: int, count: int) -> int:
     """The batch size for `count` inputs: no larger than needed, since batches are padded to
@@ -124,20 +104,22 @@ class Predictor(CompiledPredictor):
         self.shares_cpu = "CPU" in loaded.device.upper() and strategy is None
 
 
+def trace_count(predictor: BatchPredictor) -> int:
+    """How often `predictor`'s compiled function was traced (0 for a runtime that traces
+    nothing: an exported file's interpreter)."""
+    return predictor.trace_count if isinstance(predictor, CompiledPredictor) else 0
+
+
 def make_predictor(loaded: LoadedModel, batch_size: int, *, inputs: int | None = None,
                    model: Any = None, strategy: Any = None) -> BatchPredictor:
     """The predictor for `loaded` (or for `model`, another network over the same input),
     at `batch_size`, or fewer when there are only `inputs` images (batches are padded)."""
     if inputs is not None:
         batch_size = fitted_batch_size(batch_size, inputs)
-    if loaded.runtime != "keras":  # a file from `resnet export`: its own runtime, as it is
-        from resnet_cli.runtimes import make_runtime_predictor
-
+    if loaded.exported is not None:  # a file from `resnet export`: its own runtime, as it is
         if model is not None:  # another network over its input: only Keras models have one
-            from resnet_cli.models import require_keras
-
-            require_keras(loaded, "another output of the model")
-        return make_runtime_predictor(loaded, batch_size)
+            loaded.keras_model("another output of the model")
+        return loaded.exported.predictor(batch_size)
     return Predictor(loaded, batch_size, model=model, strategy=strategy)
 
 
@@ -146,17 +128,19 @@ def predict_paths(
     loaded: LoadedModel,
     *,
     batch_size: int,
-    resize: ResizeMode = ResizeMode.crop,
+    resize: ResizeMode | None = None,
     progress: bool = True,
     on_failure: FailureHandler | None = None,
     model: Any = None,
     strategy: Any = None,
     desc: str = "images",
 ) -> Iterator[Batch]:
-    """Run `loaded` (or `model` on its input) over `paths`, batch by batch, in input order."""
+    """Run `loaded` (or `model` on its input) over `paths`, batch by batch, in input order;
+    images are resized as `resize` says, by default as the model was trained (its card)."""
     predictor = make_predictor(loaded, batch_size, inputs=len(paths), model=model,
                                strategy=strategy)
-    return iter_batches(paths, predictor, image_size=loaded.image_size, resize=resize,
+    return iter_batches(paths, predictor, image_size=loaded.image_size,
+                        resize=loaded.resize_or_own(resize),
                         progress=progress, on_failure=on_failure, desc=desc)
 
 
@@ -218,7 +202,7 @@ def iter_batches(
     """
     import numpy as np
 
-    from resnet_cli.render import progress_bar
+    from resnet_cli.progress import progress_bar
 
     def decode(path: str) -> np.ndarray:
         return load_image(path, size=image_size, resize=resize)

@@ -16,11 +16,12 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from resnet_cli.cards import CARD_FILENAME, ModelCard, read_model_card
+from resnet_cli.card import CONFIG_FILENAME, ModelCard, read_card_beside
 from resnet_cli.devices import (
     DeviceRequest,
     apply_device,
@@ -31,12 +32,22 @@ from resnet_cli.devices import (
 )
 from resnet_cli.errors import ModelFileError, UsageError, WeightsError, first_line
 from resnet_cli.labels import ClassLabel, build_labels, load_imagenet_labels
+from resnet_cli.loaded import LoadedModel
 from resnet_cli.registry import DEFAULT_MODEL, ModelSpec, get_spec, imagenet_weights_file
+from resnet_cli.runtimes import exported_runtime, load_exported
 from resnet_cli.weights import load_imagenet_weights
 
 log = logging.getLogger(__name__)
 
 POOLING_CHOICES = ("avg", "max")
+
+
+class Pooling(str, Enum):
+    """How a backbone's feature map becomes its output (`--pooling`)."""
+
+    avg = "avg"
+    max = "max"
+    none = "none"  # the (h, w, C) map itself
 
 
 @dataclass(frozen=True)
@@ -57,37 +68,6 @@ class ModelOptions:
     precision: str = "fp32"  # "fp32" or "bf16" (mixed precision where the hardware has it)
 
 
-@dataclass
-class LoadedModel:
-    """A built Keras model and everything needed to feed it and read its output."""
-
-    model: Any  # keras.Model
-    spec: ModelSpec
-    image_size: int
-    preprocess_mode: str
-    labels: tuple[ClassLabel, ...] | None  # None for a backbone without classifier
-    source: str  # for messages: "resnet50 (ImageNet weights)", "runs/a/model.keras", ...
-    device: str = "/CPU:0"
-    card: ModelCard | None = None
-    policy: str = "float32"  # Keras dtype policy it computes in: float32, mixed_bfloat16, ...
-    # What runs it: "keras", or for a file from `resnet export` "litert" / "onnx" (then
-    # `model` is that runtime's handle; see resnet_cli.runtimes).
-    runtime: str = "keras"
-    # Compiled inference functions by (model, batch size, ...): see inference.Predictor.
-    compiled: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
-
-
-def require_keras(loaded: LoadedModel, what: str) -> None:
-    """Refuse an exported .tflite/.onnx file where `what` needs the Keras model's layers.
-
-    Raises:
-        UsageError: `loaded` runs on an exported file's own runtime.
-    """
-    if loaded.runtime != "keras":
-        raise UsageError(f"{what} needs a Keras model; {loaded.source} is an exported "
-                         f"{loaded.runtime} file. Use the model it was exported from.")
-
-
 def load_model(options: ModelOptions, *, progress: bool | None = None) -> LoadedModel:
     """Build or load the model described by `options`, on the requested device.
 
@@ -99,16 +79,27 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
     request = parse_device(options.device)
     parse_precision(options.precision)
     weights = options.weights.strip()
-    if _exported_runtime(weights) is not None:
-        return _load_exported(weights, options)
-    if weights.lower().endswith(".keras"):
-        return _load_saved_on_device(existing_weights_file(weights), request, options.precision)
+    if exported_runtime(weights) is not None:
+        loaded = _load_exported(weights, options, request)
+    elif weights.lower().endswith(".keras"):
+        loaded = _load_saved_on_device(existing_weights_file(weights), request,
+                                       options.precision)
+    else:
+        return _load_variant(options, weights, request, progress=progress)
+    if options.image_size is not None and options.image_size != loaded.image_size:
+        raise UsageError(f"{loaded.source} takes {loaded.image_size}x{loaded.image_size} "
+                         f"input; got --image-size {options.image_size}. Its model card "
+                         "fixes the size: drop --image-size.")
+    return loaded
 
+
+def _load_variant(options: ModelOptions, weights: str, request: DeviceRequest, *,
+                  progress: bool | None) -> LoadedModel:
+    """A registry variant with ImageNet weights, random weights or a weights file."""
     spec = get_spec(options.model)
     pooling = validate_pooling(options.pooling, include_top=options.include_top)
     size = resolve_image_size(spec, options.image_size)
-    kind = weights.lower()
-    if kind == "imagenet" and options.include_top and size != spec.default_size:
+    if weights.lower() == "imagenet" and options.include_top and size != spec.default_size:
         raise UsageError(
             f"The ImageNet classifier of {spec.name} takes {spec.default_size}x"
             f"{spec.default_size} input; got --image-size {size}. Use --image-size "
@@ -125,16 +116,12 @@ def load_model(options: ModelOptions, *, progress: bool | None = None) -> Loaded
         _keep_classifier_float32(model)
     if weights_path is not None:
         _load_weights(model, weights_path, spec)
-    return LoadedModel(
-        model=model,
-        spec=spec,
-        image_size=size,
-        preprocess_mode=spec.preprocess_mode,
-        labels=load_imagenet_labels() if options.include_top else None,
-        source=source,
-        device=device,
-        policy=policy,
-    )
+    card = ModelCard(base_model=spec.name, image_size=size,
+                     preprocess_mode=spec.preprocess_mode, imagenet_labels=options.include_top,
+                     include_top=options.include_top, pooling=pooling, source=source)
+    return LoadedModel(spec=spec, card=card, model=model, source=source, device=device,
+                       labels=load_imagenet_labels() if options.include_top else None,
+                       policy=policy)
 
 
 def _load_saved_on_device(path: Path, request: DeviceRequest, precision: str) -> LoadedModel:
@@ -215,6 +202,18 @@ def validate_pooling(pooling: str | None, *, include_top: bool) -> str | None:
     return value
 
 
+def resolve_pooling(pooling: str | None, *, include_top: bool) -> str | None:
+    """`--pooling`'s one rule: none with the classifier; without it `avg` unless given
+    (`none` keeps the (h, w, C) map), as in every command that takes it.
+
+    Raises:
+        UsageError: an unknown value, or pooling asked of the classifier.
+    """
+    if pooling is None:
+        return None if include_top else "avg"
+    return validate_pooling(pooling, include_top=include_top)
+
+
 def build_model(
     spec: ModelSpec,
     *,
@@ -259,21 +258,21 @@ def _load_weights(model: Any, path: Path, spec: ModelSpec) -> None:
         ) from exc
 
 
-def _exported_runtime(weights: str) -> str | None:
-    from resnet_cli.runtimes import exported_runtime
-
-    return exported_runtime(weights)
-
-
-def _load_exported(weights: str, options: ModelOptions) -> LoadedModel:
+def _load_exported(weights: str, options: ModelOptions, request: DeviceRequest
+                   ) -> LoadedModel:
     """A file from `resnet export` (.tflite, .onnx): it runs on its own runtime, on the CPU,
-    and computes what it was exported for (the commands check it is what they need)."""
-    from resnet_cli.runtimes import load_exported
+    and computes what it was exported for (the commands check it is what they need).
 
+    Raises:
+        UsageError: --device gpu or --precision bf16, which such a file cannot honour.
+    """
     path = existing_weights_file(weights)
+    if request.kind == "gpu":
+        raise UsageError(f"{path} runs on the CPU ({exported_runtime(weights)}); "
+                         "drop --device gpu, or use the Keras model it was exported from.")
     if options.precision != "fp32":
         raise UsageError(f"{path} runs at the precision it was exported with; drop --precision.")
-    return load_exported(path, image_size=options.image_size)
+    return load_exported(path)
 
 
 def existing_weights_file(weights: str) -> Path:
@@ -311,38 +310,42 @@ def load_saved_model(path: Path) -> LoadedModel:
         model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:
         raise ModelFileError(f"Cannot load model {path}: {first_line(exc)}") from exc
-    card = read_model_card(path)
-    input_shape = model.input_shape
-    size = int(input_shape[1]) if input_shape[1] is not None else None
+    card = read_card_beside(path)
     if card is not None:
-        spec = get_spec(card.base_model)
-        size = card.image_size
-        mode = card.preprocess_mode
-        names = card.class_names
+        spec = _card_spec(card, path)
     else:
         spec = _infer_spec(model)
-        mode = spec.preprocess_mode
-        names = []
-        log.warning("%s has no %s beside it: assuming %s preprocessing", path, CARD_FILENAME,
-                    spec.name)
+        size = model.input_shape[1]
+        card = ModelCard(base_model=spec.name, image_size=int(size or spec.default_size),
+                         preprocess_mode=spec.preprocess_mode)
+        log.warning("%s has no %s beside it: assuming %s preprocessing", path,
+                    CONFIG_FILENAME, spec.name)
+    names = list(card.class_names)
     outputs = model.output_shape
     labels: tuple[ClassLabel, ...] | None = None
     if len(outputs) == 2 and outputs[-1] is not None:
         count = int(outputs[-1])
         if names and len(names) != count:
             raise ModelFileError(
-                f"{path} has {count} outputs but its {CARD_FILENAME} names {len(names)} classes."
-            )
+                f"{path} has {count} outputs but its {CONFIG_FILENAME} names {len(names)} "
+                "classes.")
         if names:
             labels = build_labels(names)
         elif count == spec.num_classes:
             labels = load_imagenet_labels()
         else:
             labels = build_labels([f"class_{i}" for i in range(count)])
-    return LoadedModel(
-        model=model, spec=spec, image_size=size or spec.default_size, preprocess_mode=mode,
-        labels=labels, source=str(path), card=card,
-    )
+    card = card.replace(include_top=labels is not None, imagenet_labels=labels is not None
+                        and not names and len(labels) == spec.num_classes,
+                        format="keras", source=str(path))
+    return LoadedModel(spec=spec, card=card, model=model, labels=labels, source=str(path))
+
+
+def _card_spec(card: ModelCard, where: Path) -> ModelSpec:
+    try:
+        return get_spec(card.base_model)
+    except UsageError as exc:
+        raise ModelFileError(f"{where}: its card names an unknown model: {exc}") from exc
 
 
 def _infer_spec(model: Any) -> ModelSpec:
@@ -372,7 +375,7 @@ def load_backbone_weights(backbone: Any, spec: ModelSpec, weights: str, *,
         return f"imagenet ({path.name})"
     path = existing_weights_file(weights)
     if path.name.endswith(".keras"):
-        from resnet_cli.backbones import find_backbone  # backbones builds on this module
+        from resnet_cli.graph import find_backbone
 
         source = load_saved_model(path).model
         copied = _copy_by_name(find_backbone(source), backbone)

@@ -176,24 +176,37 @@ def atomic_dir(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     umask = os.umask(0)
     os.umask(umask)
-    old: Path | None = None
     try:
         with output_errors(path):
             os.chmod(tmp, 0o777 & ~umask)
             yield tmp
-            if path.exists():
-                if not overwrite:
-                    raise OutputError(f"Output {path} appeared while writing; not replacing it.")
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
-                                            dir=path.parent))
-                os.rename(path, old / path.name)
-            try:
+            if path.exists() and not overwrite:
+                raise OutputError(f"Output {path} appeared while writing; not replacing it.")
+            with set_aside(path):
                 os.rename(tmp, path)
-            except OSError:
-                if old is not None:  # put the old one back
-                    os.rename(old / path.name, path)
-                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def set_aside(path: Path) -> Iterator[None]:
+    """Move the folder at `path` (if there is one) aside while the block writes a new one
+    there: the old one is removed once the block succeeds, or put back, in place of whatever
+    the block left, if it fails. The one move-aside-and-restore of every command."""
+    import shutil
+
+    if not path.exists():
+        yield
+        return
+    with output_errors(path):
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.rename(path, old / path.name)
+    try:
+        yield
+    except BaseException:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        os.rename(old / path.name, path)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

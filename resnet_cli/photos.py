@@ -26,7 +26,7 @@ def synthesize_photos(folder: Path, count: int, *, size: tuple[int, int] = DEFAU
     Their decode cost is close to real photographs of the same size, unlike flat or pure-noise
     pictures. `UNIQUE_PHOTOS` distinct pictures are drawn and copied up to `count` files.
     """
-    from resnet_cli.render import progress_bar
+    from resnet_cli.progress import progress_bar
 
     paths = [folder / f"photo_{i:04d}.jpg" for i in range(count)]
     unique = min(count, UNIQUE_PHOTOS)

@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from resnet_cli.models import LoadedModel, ModelOptions
+from resnet_cli.errors import UsageError
+from resnet_cli.loaded import LoadedModel
+from resnet_cli.models import ModelOptions
 
 Shape = tuple[int | None, ...]
 
@@ -115,25 +117,29 @@ def summarize(options: ModelOptions, *, layers: bool = False, progress: bool = T
     """Build (or load) the model described by `options` and summarize it.
 
     With `weights="none"` nothing is read or downloaded: the architecture needs no weights.
+    With `include_top=False` it is the pooled backbone that `resnet extract` runs
+    (`backbones.load_network`), for a finetuned `.keras` model too.
 
     Raises:
         UsageError / WeightsError / ModelFileError: from `models.load_model`.
     """
-    from resnet_cli.models import load_model
+    from resnet_cli.backbones import load_network
 
-    return summarize_loaded(load_model(options, progress=progress), layers=layers)
+    if options.weights.strip().lower().endswith((".tflite", ".onnx")):
+        raise UsageError(f"summary needs a Keras model; {options.weights} is an exported "
+                         "file. Use the model it was exported from.")
+    loaded, network = load_network(options, progress=progress)
+    return summarize_loaded(loaded, network=network, layers=layers)
 
 
-def summarize_loaded(loaded: LoadedModel, *, layers: bool = False) -> ModelSummary:
-    """Summarize an already loaded model.
+def summarize_loaded(loaded: LoadedModel, *, network: Any = None, layers: bool = False
+                     ) -> ModelSummary:
+    """Summarize an already loaded model, or `network` built from it (its backbone).
 
     Raises:
         UsageError: an exported .tflite/.onnx file (it has no Keras layers to list).
     """
-    from resnet_cli.models import require_keras
-
-    require_keras(loaded, "summary")
-    model = loaded.model
+    model = network if network is not None else loaded.keras_model("summary")
     flat, backbone = _flatten(model)
     infos = _layer_infos(flat)
     stages = _stages(infos)
@@ -141,7 +147,7 @@ def summarize_loaded(loaded: LoadedModel, *, layers: bool = False) -> ModelSumma
     total_macs = None if any(m is None for m in macs_each) else sum(m or 0 for m in macs_each)
     trainable = sum(_size(w) for w in model.trainable_weights)
     non_trainable = sum(_size(w) for w in model.non_trainable_weights)
-    labels = loaded.labels
+    labels = loaded.labels if model is loaded.model else None
     own_names = (tuple(label.name for label in labels)
                  if labels is not None and labels and labels[0].wnid is None else None)
     spec = loaded.spec
@@ -155,8 +161,7 @@ def summarize_loaded(loaded: LoadedModel, *, layers: bool = False) -> ModelSumma
         top1=spec.top1, top5=spec.top5, stages=stages,
         layers=tuple(infos) if layers else None,
         num_classes=len(labels) if labels is not None else None,
-        class_names=own_names, backbone=backbone, finetuned=loaded.card is not None
-        or loaded.source.endswith(".keras"),
+        class_names=own_names, backbone=backbone, finetuned=loaded.source.endswith(".keras"),
     )
 
 

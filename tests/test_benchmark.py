@@ -28,11 +28,30 @@ def check_timing(timing: dict, name: str, images: int) -> None:
     assert timing["cpu_ms_per_image"] > 0
 
 
-def test_synthesised_photos(runner) -> None:
-    result = runner.invoke(app, ["benchmark", *TINY_ARGS, "--images", "3",
-                                 "--photo-size", "96x64"])
+@pytest.fixture(scope="module")
+def synthesised_run() -> tuple[object, dict]:  # type: ignore[type-arg]
+    """One benchmark run on synthesised photos, through the command line: (the report as the
+    library returned it, the JSON the command printed)."""
+    from typer.testing import CliRunner
+
+    from resnet_cli.benchmark import run_benchmark
+
+    reports = []
+
+    def keep(*args, **kwargs):  # type: ignore[no-untyped-def]
+        reports.append(run_benchmark(*args, **kwargs))
+        return reports[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("resnet_cli.benchmark.run_benchmark", keep)
+        result = CliRunner().invoke(app, ["benchmark", *TINY_ARGS, "--images", "3",
+                                          "--photo-size", "96x64"])
     assert result.exit_code == 0, result.stderr
-    data = json.loads(result.stdout)
+    return reports[0], json.loads(result.stdout)
+
+
+def test_synthesised_photos(synthesised_run) -> None:  # type: ignore[no-untyped-def]
+    _, data = synthesised_run
     assert data["model"] == "resnet50" and "random weights" in data["source"]
     assert data["precision"] == "fp32" and data["policy"] == "float32"
     assert (data["batch_size"], data["image_size"], data["input_count"]) == (2, 32, 3)
@@ -78,14 +97,23 @@ def test_bf16_adds_an_fp32_reference(runner, monkeypatch: pytest.MonkeyPatch) ->
     assert all(value > 0 for value in data["ratios"].values())
 
 
-def test_table_output(runner) -> None:
-    result = runner.invoke(app, ["benchmark", "--image-size", "32", "--batch-size", "2",
-                                 "--images", "2", "--repeats", "2", "--warmup", "0",
-                                 "--photo-size", "64x48", "--no-baseline"])
-    assert result.exit_code == 0, result.stderr
-    for text in ("model alone", "classify", "images/s", "ms/batch", "classify/model",
-                 "as fast as trained weights", "traced 1 time"):
-        assert text in result.stdout, text
+def test_table_output(synthesised_run) -> None:  # type: ignore[no-untyped-def]
+    """The same run drawn as tables (the report's figures, not a second run)."""
+    import io
+
+    from rich.console import Console
+
+    from resnet_cli.render.benchmark import render_benchmark
+
+    report, data = synthesised_run
+    out = io.StringIO()
+    render_benchmark(report, Console(file=out, width=200))
+    text = out.getvalue()
+    for expected in ("model alone", "classify", "images/s", "ms/batch", "classify/model",
+                     "as fast as trained weights", "traced 1 time"):
+        assert expected in text, expected
+    median = data["timings"][0]["images_per_s"]["median"]
+    assert f"{median:.1f}" in text  # the figures shown are the run's
 
 
 @pytest.mark.parametrize("args", [["--photo-size", "big"], ["--batch-size", "0"],

@@ -176,20 +176,6 @@ def test_version(runner: CliRunner) -> None:
     assert result.exit_code == 0 and result.stdout.strip() == f"resnet {version('resnet')}"
 
 
-def test_real_photo_at_224_runs_the_full_size_path(runner: CliRunner, sample_photos,
-                                                   tmp_path: Path) -> None:
-    """One real 224 px run, crop mode, on a photo large enough for JPEG draft decoding."""
-    big = tmp_path / "big.jpg"
-    from PIL import Image
-
-    with Image.open(sample_photos[0]) as img:
-        img.resize((img.width * 3, img.height * 3)).save(big, quality=90)
-    result = runner.invoke(app, ["classify", str(big), str(sample_photos[1]), "--weights",
-                                 "none", "-f", "json", "-k", "5"], catch_exceptions=False)
-    assert result.exit_code == 0
-    assert [len(r["predictions"]) for r in json.loads(result.stdout)] == [5, 5]
-
-
 def test_make_image_helper_is_deterministic(tmp_path: Path) -> None:
     a = make_image(tmp_path / "x.png", seed=4).read_bytes()
     b = make_image(tmp_path / "y.png", seed=4).read_bytes()

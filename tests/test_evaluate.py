@@ -32,7 +32,8 @@ def finetuned(tmp_path_factory) -> tuple[Path, Path, object]:
     and a 3-class dataset of 3 images each. Returns (model path, data dir, keras model)."""
     import keras
 
-    from resnet_cli.cards import ModelCard, model_card_dict
+    from resnet_cli.card import ModelCard, card_entry
+    from resnet_cli.images import ResizeMode
     from resnet_cli.registry import get_spec
     from resnet_cli.training import build_classifier
 
@@ -40,8 +41,8 @@ def finetuned(tmp_path_factory) -> tuple[Path, Path, object]:
     keras.utils.set_random_seed(5)
     model, _ = build_classifier(get_spec("resnet50"), len(CLASSES), 32, pretrained=False)
     model.save(root / "model.keras")
-    card = ModelCard("resnet50", 32, "caffe", list(CLASSES), extra={"resize": "squash"})
-    (root / "config.json").write_text(json.dumps(model_card_dict(card)))
+    card = ModelCard("resnet50", 32, "caffe", tuple(CLASSES), resize=ResizeMode.squash)
+    (root / "config.json").write_text(json.dumps(card_entry(card)))
     for i, name in enumerate(CLASSES):
         write_images(root / "data" / name, 3, seed=i)
     return root / "model.keras", root / "data", model
@@ -85,10 +86,14 @@ def test_json_report_matches_the_model_run_directly(finetuned, runner):
     assert len(report["errors"]["shown"]) == min(2, wrong)
     shown = [e["probability"] for e in report["errors"]["shown"]]
     assert shown == sorted(shown, reverse=True)
+    cropped = direct_probabilities(model, paths, 32, "caffe", ResizeMode.crop)
     for error in report["errors"]["shown"]:
         index = paths.index(error["path"])
         assert error["true"] == CLASSES[true[index]]
         assert error["predicted"] == CLASSES[predicted[index]] != error["true"]
+        # The probabilities are those of squashed images, which crop would not give.
+        assert error["probability"] == pytest.approx(probs[index, predicted[index]], abs=1e-5)
+        assert abs(error["probability"] - cropped[index, predicted[index]]) > 1e-4
 
 
 def test_table_report_and_unreadable_files(finetuned, runner, tmp_path):

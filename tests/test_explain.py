@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 from resnet_cli.cli import app
 from resnet_cli.errors import ImageError, UsageError
 from resnet_cli.images import CROP_FRACTION, ResizeMode
-from resnet_cli.labels import build_labels, load_imagenet_labels
 
 SHAPES = ("circle", "square")
 CELL = 8  # pixels per feature-map cell of the tiny backbone (three stride-2 convolutions)
@@ -195,23 +194,6 @@ def test_plain_resnet_at_another_layer_matches_an_eager_reference(tiny_classifie
         assert cls.probability == pytest.approx(row[281], rel=1e-3, abs=1e-6)
         np.testing.assert_allclose(cls.heatmap, expected / max(expected.max(), 1e-30),
                                    atol=2e-3)
-
-
-def test_resolve_class() -> None:
-    from resnet_cli.explain import resolve_class
-
-    imagenet = load_imagenet_labels()
-    assert resolve_class("tabby", imagenet) == 281
-    assert resolve_class("Great White Shark", imagenet) == 2
-    assert resolve_class("n01440764", imagenet) == 0
-    assert resolve_class("999", imagenet) == 999
-    with pytest.raises(UsageError, match="0 to 999"):
-        resolve_class("1000", imagenet)
-    with pytest.raises(UsageError, match=r"did you mean.*tabby"):
-        resolve_class("tabbby", imagenet)
-    with pytest.raises(UsageError):  # a digit to str.isdigit, not to int()
-        resolve_class("\u00b2", imagenet)
-    assert resolve_class("square", build_labels(list(SHAPES))) == 1
 
 
 def test_usage_errors(shapes_loaded) -> None:

@@ -12,6 +12,7 @@ from conftest import TINY
 from typer.testing import CliRunner
 
 from resnet_cli.cli import app
+from resnet_cli.images import ResizeMode
 from resnet_cli.models import ModelOptions, load_model
 
 
@@ -56,15 +57,16 @@ def test_cards_round_trip(exported) -> None:
     assert (card.base_model, card.image_size, card.include_top, card.precision) == \
         ("resnet50", TINY, True, "float32")
     assert card.imagenet_labels and card.resize == "crop"
-    for name, precision in (("litert", "float32"), ("onnx", "float32"), ("int8", "int8")):
+    for name, precision, fmt in (("litert", "float32", "litert"), ("onnx", "float32", "onnx"),
+                                 ("int8", "int8", "litert")):
         loaded = load_model(ModelOptions(weights=str(exported[name])))
-        assert loaded.runtime == ("onnx" if name == "onnx" else "litert")
+        assert loaded.runtime == fmt and loaded.card.format == fmt
         assert loaded.image_size == TINY and loaded.spec.name == "resnet50"
         assert loaded.labels == load_imagenet_labels()
-        assert loaded.card is not None and loaded.card.extra["precision"] == precision
+        assert loaded.card.precision == precision and loaded.card.resize is ResizeMode.crop
     backbone = load_model(ModelOptions(weights=str(exported["backbone"])))
     assert backbone.labels is None
-    assert backbone.model.card.output_shape == (2048,) and backbone.model.card.pooling == "avg"
+    assert backbone.card.output_shape == (2048,) and backbone.card.pooling == "avg"
 
 
 def test_int8_file_is_full_integer(exported, keras_loaded) -> None:
@@ -94,7 +96,7 @@ def test_cli_export_writes_atomically_and_refuses_existing(
             str(TINY), "--no-include-top", "--pooling", "max", "-o", str(out)]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    card = json.loads((out / "assets" / "resnet_cli_export.json").read_text())
+    card = json.loads((out / "assets" / "resnet_cli_card.json").read_text())
     assert card["pooling"] == "max" and card["output"]["shape"] == [None, 2048]
     assert [p.name for p in tmp_path.iterdir()] == ["sm"]  # no temporary left behind
     again = runner.invoke(app, args)

@@ -16,11 +16,11 @@ import pytest
 from conftest import TINY, make_image
 
 from resnet_cli.backbones import build_feature_model
-from resnet_cli.cards import CARD_FILENAME, ModelCard, model_card_dict
+from resnet_cli.card import CONFIG_FILENAME, ModelCard, card_entry
 from resnet_cli.cli import app
 from resnet_cli.extract import Shard, parse_shard, write_features
 from resnet_cli.images import ResizeMode
-from resnet_cli.models import LoadedModel
+from resnet_cli.loaded import LoadedModel
 from resnet_cli.registry import get_spec
 
 EARLY = "conv2_block1_out"  # 256 channels, 16x16 at 64 px
@@ -101,15 +101,14 @@ def test_finetuned_keras_model_gives_its_backbone_features(tmp_path: Path, photo
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
     model.save(tmp_path / "model.keras")
     card = ModelCard(base_model="resnet50", image_size=TINY, preprocess_mode="caffe",
-                     class_names=["a", "b", "c"])
-    (tmp_path / CARD_FILENAME).write_text(json.dumps(model_card_dict(card)))
+                     class_names=("a", "b", "c"), resize=ResizeMode.squash)
+    (tmp_path / CONFIG_FILENAME).write_text(json.dumps(card_entry(card)))
 
     pixels = _keras_pixels(photos, "caffe")
     pooled = keras.Model(inputs, pooling.output)  # not by name: Keras numbers auto names
     out = tmp_path / "feats.npz"
     result = runner.invoke(app, ["extract", *map(str, photos), "--weights",
-                                 str(tmp_path / "model.keras"), "--resize", "squash",
-                                 "-o", str(out)])
+                                 str(tmp_path / "model.keras"), "-o", str(out)])  # squash: card
     assert result.exit_code == 0, result.stderr
     with np.load(out, allow_pickle=False) as saved:
         assert saved["features"].shape == (len(photos), 2048)
@@ -117,8 +116,8 @@ def test_finetuned_keras_model_gives_its_backbone_features(tmp_path: Path, photo
         assert saved["paths"].tolist() == [str(p) for p in photos]
 
     # --layer names a layer inside the nested backbone.
-    loaded = LoadedModel(model=model, spec=get_spec("resnet50"), image_size=TINY,
-                         preprocess_mode="caffe", labels=None, source="model.keras")
+    loaded = LoadedModel(model=model, spec=get_spec("resnet50"), card=card, labels=None,
+                         source="model.keras")
     features = build_feature_model(loaded, pooling="max", layer="conv3_block4_out")
     inner = model.get_layer("resnet50")
     stage = keras.Model(inner.input, inner.get_layer("conv3_block4_out").output)

@@ -181,6 +181,26 @@ def test_reference_crop_protocol(sample_photos: list[Path]) -> None:
     assert np.abs(ours - ref).mean() < 6
 
 
+def test_large_jpeg_decodes_at_reduced_scale_at_224(sample_photos: list[Path],
+                                                    tmp_path: Path) -> None:
+    """The full-size path (224 px, crop) on a photo big enough for JPEG draft decoding at
+    1/2 scale or less: the same picture as a full decode, up to resampling."""
+    big = tmp_path / "big.jpg"
+    with Image.open(sample_photos[0]) as img:
+        img.convert("RGB").resize((img.width * 3, img.height * 3)).save(big, quality=95)
+    ours = load_image(str(big), size=224).astype(float)
+    with Image.open(big) as img:
+        full = img.convert("RGB")
+        side = min(full.size) * 0.875
+        left, top = (full.width - side) / 2, (full.height - side) / 2
+        ref = np.asarray(full.resize((224, 224), Image.Resampling.BILINEAR,
+                                     box=(left, top, left + side, top + side)), dtype=float)
+        with Image.open(big) as drafted:
+            drafted.draft("RGB", (257, 257))
+            assert drafted.size[0] < full.size[0]  # the reduced-scale decode really happens
+    assert ours.shape == (224, 224, 3) and np.abs(ours - ref).mean() < 4
+
+
 def test_thin_and_tiny_images_stay_small(tmp_path: Path) -> None:
     Image.new("RGB", (20000, 1), (10, 20, 30)).save(tmp_path / "strip.png")
     Image.new("RGB", (1, 1), (200, 100, 50)).save(tmp_path / "dot.png")

@@ -4,7 +4,10 @@ import hashlib
 import json
 from importlib import resources
 
-from resnet_cli.labels import build_labels, load_imagenet_labels
+import pytest
+
+from resnet_cli.errors import UsageError
+from resnet_cli.labels import build_labels, find_class, load_imagenet_labels, resolve_class
 
 KERAS_INDEX_MD5 = "c2c37ea517e94d9795004a39431a14cb"  # Keras' imagenet_class_index.json
 
@@ -47,3 +50,29 @@ def test_labels_agree_with_keras_decode_predictions(tmp_path, monkeypatch) -> No
 def test_build_labels_for_own_classes() -> None:
     labels = build_labels(["cat", "dog"])
     assert [(lb.index, lb.wnid, lb.name) for lb in labels] == [(0, None, "cat"), (1, None, "dog")]
+
+
+def test_resolve_class() -> None:
+    imagenet = load_imagenet_labels()
+    assert resolve_class("tabby", imagenet) == 281
+    assert resolve_class("Great White Shark", imagenet) == 2
+    assert resolve_class("n01440764", imagenet) == 0
+    assert resolve_class("999", imagenet) == 999
+    with pytest.raises(UsageError, match="0 to 999"):
+        resolve_class("1000", imagenet)
+    with pytest.raises(UsageError, match=r"did you mean.*tabby"):
+        resolve_class("tabbby", imagenet)
+    with pytest.raises(UsageError):  # a digit to str.isdigit, not to int()
+        resolve_class("\u00b2", imagenet)
+    assert resolve_class("square", build_labels(["circle", "square"])) == 1
+
+
+def test_one_class_name_rule_case_and_spaces() -> None:
+    """evaluate's class folders and explain's --class match by the same rule."""
+    own = build_labels(["Golden Retriever", "tabby_cat"])
+    assert find_class("golden_retriever", own) == 0
+    assert find_class("GOLDEN RETRIEVER", own) == 0
+    assert find_class("Tabby Cat", own) == 1
+    assert find_class("tabby", own) is None
+    with pytest.raises(UsageError, match=r"did you mean Golden Retriever\?"):
+        resolve_class("golden retreiver", own)

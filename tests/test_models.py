@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from resnet_cli.cards import ModelCard, model_card_dict
 from resnet_cli.errors import ModelFileError, UsageError, WeightsError
+from resnet_cli.images import ResizeMode
 from resnet_cli.models import ModelOptions, load_model, validate_pooling
 
 UNREACHABLE = "http://127.0.0.1:9/"
@@ -90,8 +90,10 @@ def _save_tiny_finetuned(folder: Path, classes: list[str] | None) -> Path:
     path = folder / "model.keras"
     keras.Model(inputs, outputs).save(path)
     if classes is not None:
-        card = ModelCard("resnet50v2", 32, "tf", classes, {"epochs": 1})
-        (folder / "config.json").write_text(json.dumps({"seed": 1, **model_card_dict(card)}))
+        # The card as run folders before card version 2 wrote it: still read.
+        card = {"base_model": "resnet50v2", "image_size": 32, "preprocess_mode": "tf",
+                "class_names": classes, "epochs": 1, "resize": "squash"}
+        (folder / "config.json").write_text(json.dumps({"seed": 1, "resnet_cli_model": card}))
     return path
 
 
@@ -101,7 +103,8 @@ def test_saved_model_with_card(tmp_path: Path) -> None:
     assert [label.name for label in loaded.labels] == ["cat", "dog", "fox"]
     assert all(label.wnid is None for label in loaded.labels)
     assert (loaded.spec.name, loaded.image_size, loaded.preprocess_mode) == ("resnet50v2", 32, "tf")
-    assert loaded.card is not None and loaded.card.extra == {"epochs": 1}
+    assert loaded.card.resize is ResizeMode.squash and loaded.card.class_names == (
+        "cat", "dog", "fox")
 
 
 def test_saved_model_without_card_infers_backbone(tmp_path: Path) -> None:

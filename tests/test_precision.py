@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from resnet_cli import devices
-from resnet_cli.cards import ModelCard, model_card_dict
+from resnet_cli.card import ModelCard, card_entry
 from resnet_cli.inference import Predictor
 from resnet_cli.models import ModelOptions, load_model
 
@@ -55,8 +55,8 @@ def test_bf16_finetuned_model_switches_its_layers(tmp_path: Path, force_cpu_bf16
     outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(x)
     path = tmp_path / "model.keras"
     keras.Model(inputs, outputs).save(path)
-    (tmp_path / "config.json").write_text(json.dumps(model_card_dict(ModelCard(
-        base_model="resnet50", image_size=32, preprocess_mode="caffe", class_names=["a", "b"]))))
+    (tmp_path / "config.json").write_text(json.dumps(card_entry(ModelCard(
+        base_model="resnet50", image_size=32, preprocess_mode="caffe", class_names=("a", "b")))))
 
     loaded = load_model(ModelOptions(weights=str(path), precision="bf16"))
     nested = loaded.model.get_layer("resnet50")

@@ -21,11 +21,11 @@ from PIL import Image
 
 from resnet_cli.cli import app
 from resnet_cli.errors import ImageError
-from resnet_cli.evaluate import Evaluation, compute_metrics
+from resnet_cli.evaluate import compute_metrics
 from resnet_cli.labels import build_labels
 from resnet_cli.render.curves import best_epoch, draw_curves, phase_boundaries
 from resnet_cli.render.report import MATRIX_NAME, write_report
-from resnet_cli.training.run_folder import EpochRecord
+from resnet_cli.results import EpochRecord, Evaluation
 
 pytestmark = pytest.mark.filterwarnings("ignore:Even though the:UserWarning")
 
@@ -85,6 +85,13 @@ class Page(HTMLParser):
         return "".join(self.texts)
 
 
+def _drawn(img: Image.Image) -> bool:
+    """Whether a picture has real content: many grey levels, well spread (a blank or
+    one-colour PNG has neither)."""
+    pixels = np.asarray(img.convert("L"), dtype=float)
+    return bool(pixels.std() > 10 and len(np.unique(pixels)) > 16)
+
+
 def check_self_contained(folder: Path) -> Page:
     """The checks every report passes; returns the parsed page."""
     raw = (folder / "index.html").read_text(encoding="utf-8")
@@ -97,11 +104,11 @@ def check_self_contained(folder: Path) -> Page:
         with Image.open(io.BytesIO(base64.b64decode(src.removeprefix(PNG_URI),
                                                     validate=True))) as img:
             assert img.format == "PNG"
-            img.verify()
+            assert _drawn(img), "an embedded picture is blank"
     for href in page.attr("href"):  # only the files written beside the page
         assert "/" not in href and (folder / href).is_file(), href
     with Image.open(folder / MATRIX_NAME) as matrix:
-        assert matrix.format == "PNG" and min(matrix.size) >= 300
+        assert matrix.format == "PNG" and min(matrix.size) >= 300 and _drawn(matrix)
     # Markup inside names stays text: only the report's own tags exist.
     assert {tag for tag, _ in page.tags} <= {
         "html", "head", "meta", "title", "style", "body", "main", "header", "h1", "h2", "h3",
@@ -281,7 +288,7 @@ def test_curves_draw_any_history(tmp_path, history):
                        phase_boundaries=phase_boundaries(history),
                        best_epoch=best_epoch(history))
     with Image.open(path) as img:
-        assert img.format == "PNG" and img.size[0] > img.size[1] > 300
+        assert img.format == "PNG" and img.size[0] > img.size[1] > 300 and _drawn(img)
 
 
 # ----- in a real browser -----------------------------------------------------------------

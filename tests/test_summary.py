@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_cli.cards import ModelCard, model_card_dict
+from resnet_cli.card import ModelCard, card_entry
 from resnet_cli.cli import app
 from resnet_cli.models import ModelOptions, load_model
 from resnet_cli.render.summary import format_count, format_shape
@@ -113,8 +113,8 @@ def test_finetuned_model_shows_classes_and_backbone(tmp_path: Path, runner) -> N
     path = tmp_path / "model.keras"
     model.save(path)
     names = ["cat", "coffee mug", "rocket"]
-    (tmp_path / "config.json").write_text(json.dumps(model_card_dict(ModelCard(
-        base_model="resnet50", image_size=32, preprocess_mode="caffe", class_names=names))))
+    (tmp_path / "config.json").write_text(json.dumps(card_entry(ModelCard(
+        base_model="resnet50", image_size=32, preprocess_mode="caffe", class_names=tuple(names)))))
 
     result = runner.invoke(app, ["summary", "--weights", str(path), "-f", "json"])
     assert result.exit_code == 0, result.stderr
@@ -135,7 +135,7 @@ def test_finetuned_model_shows_classes_and_backbone(tmp_path: Path, runner) -> N
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--no-include-top", "--pooling", "mean"], "Invalid pooling 'mean'"),
+    (["--no-include-top", "--pooling", "mean"], "'mean' is not one of"),
     (["--pooling", "avg"], "--no-include-top"),
     (["--model", "resnet51"], "Unknown model"),
 ])

@@ -93,7 +93,7 @@ def test_interrupted_run_resumes_then_classify_uses_its_classes(tmp_path, runner
     assert float(history[1]["lr"]) == pytest.approx(0.0, abs=1e-9)
 
     config = json.loads((run / "config.json").read_text())
-    card = config["resnet_cli_model"]
+    card = config["resnet_cli_card"]
     assert card["base_model"] == "resnet50" and card["image_size"] == 32
     assert card["preprocess_mode"] == "caffe" and card["class_names"] == ["cat", "dog", "fox"]
     assert config["options"]["weights"] == "none" and config["options"]["fine_tune_epochs"] == 0
@@ -337,8 +337,8 @@ def test_from_scratch_the_saved_batchnorm_statistics_fit_the_saved_weights(tmp_p
 def test_early_stopping_keeps_the_best_epoch_of_a_real_model():
     import keras
 
+    from resnet_cli.results import EpochRecord
     from resnet_cli.training.epochs import EarlyStopping
-    from resnet_cli.training.run_folder import EpochRecord
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     stopping = EarlyStopping(patience=2)

@@ -21,7 +21,6 @@ from resnet_cli.cli.options import (
     WeightsOpt,
 )
 from resnet_cli.devices import Precision
-from resnet_cli.images import ResizeMode
 from resnet_cli.registry import DEFAULT_MODEL
 from resnet_cli.render.classify import OutputFormat
 
@@ -51,9 +50,10 @@ def classify(
              "of a model with fewer]")] = None,
     batch_size: BatchSizeOpt = 32,
     image_size: ImageSizeOpt = None,
-    resize: ResizeOpt = ResizeMode.crop,
+    resize: ResizeOpt = None,
     fmt: Annotated[OutputFormat | None, typer.Option(
-        "--format", "-f", help="table (default on screen), json, jsonl or csv. "
+        "--format", "-f", case_sensitive=False,
+        help="table (default on screen), json, jsonl or csv. "
                                "With -o, taken from the file suffix.")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE", dir_okay=False,

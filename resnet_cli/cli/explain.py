@@ -10,16 +10,18 @@ import typer
 from resnet_cli.cli.messages import FailureReporter, read_inputs, user_errors
 from resnet_cli.cli.options import (
     BatchSizeOpt,
-    CardResizeOpt,
     DeviceOpt,
     ImageSizeOpt,
     InputsArg,
     ModelOpt,
     OverwriteOpt,
+    PrecisionOpt,
     QuietOpt,
     RecursiveOpt,
+    ResizeOpt,
     WeightsOpt,
 )
+from resnet_cli.devices import Precision
 from resnet_cli.registry import DEFAULT_MODEL
 from resnet_cli.render import make_console
 
@@ -47,11 +49,12 @@ def explain(
         "--alpha", min=0.0, max=1.0, metavar="A",
         help="Opacity of the heatmap over the photo, 0 to 1.")] = 0.5,
     image_size: ImageSizeOpt = None,
-    resize: CardResizeOpt = None,
+    resize: ResizeOpt = None,
     batch_size: BatchSizeOpt = 32,
     overwrite: OverwriteOpt = False,
     recursive: RecursiveOpt = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.fp32,
     quiet: QuietOpt = False,
 ) -> None:
     """Grad-CAM heatmaps: where in each image the model found its top prediction.
@@ -78,7 +81,8 @@ def explain(
         names = png_names(paths)
         check_folder(output, names, overwrite=overwrite)
         loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
-                                         device=device), progress=not quiet)
+                                         device=device, precision=precision.value),
+                            progress=not quiet)
         setup, explanations = explain_images(
             paths, loaded, target_class=target_class, top_k=top_k, layer=layer,
             batch_size=batch_size, resize=resize, progress=not quiet, on_failure=failures)

@@ -9,11 +9,12 @@ import typer
 
 from resnet_cli.cli.messages import FailureReporter, collect_named_inputs, user_errors
 from resnet_cli.cli.options import (
-    BackbonePoolingOpt,
+    DeviceOpt,
     ImageSizeOpt,
     IncludeTopOpt,
     ModelOpt,
     OverwriteOpt,
+    PoolingOpt,
     QuietOpt,
     RecursiveOpt,
     WeightsOpt,
@@ -35,7 +36,7 @@ def export(
     weights: WeightsOpt = "imagenet",
     image_size: ImageSizeOpt = None,
     include_top: IncludeTopOpt = True,
-    pooling: BackbonePoolingOpt = None,
+    pooling: PoolingOpt = None,
     int8: Annotated[bool, typer.Option(
         "--int8", help="LiteRT full-integer quantization (int8 weights and activations), "
                        "calibrated on --calibrate images.")] = False,
@@ -49,6 +50,7 @@ def export(
         help="Calibrate on a random sample of N of the --calibrate images.")] = 300,
     overwrite: OverwriteOpt = False,
     recursive: RecursiveOpt = True,
+    device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Write the model, with its preprocessing inside, for TF Serving, LiteRT or ONNX Runtime.
@@ -68,7 +70,8 @@ def export(
         paths = collect_named_inputs(calibrate, recursive=recursive) if calibrate else None
         summary = export_model(
             ModelOptions(model=model, weights=weights, include_top=include_top,
-                         pooling=pooling, image_size=image_size, device="cpu"),
+                         pooling=pooling.value if pooling is not None else None,
+                         image_size=image_size, device=device),
             fmt, output, int8=int8, calibrate=paths, calibration_images=calibration_images,
             overwrite=overwrite, progress=not quiet, on_failure=failures)
     if not quiet:

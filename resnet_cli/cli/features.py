@@ -12,10 +12,11 @@ from resnet_cli.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     FeaturesOutOpt,
+    FeaturesOverwriteOpt,
     ImageSizeOpt,
     InputsArg,
     ModelOpt,
-    OverwriteOpt,
+    PoolingOpt,
     PrecisionOpt,
     QuietOpt,
     RecursiveOpt,
@@ -24,8 +25,7 @@ from resnet_cli.cli.options import (
 )
 from resnet_cli.devices import Precision
 from resnet_cli.errors import ResnetCliError
-from resnet_cli.extract import FeatureDType, Pooling, Shard
-from resnet_cli.images import ResizeMode
+from resnet_cli.extract import FeatureDType, Shard
 from resnet_cli.registry import DEFAULT_MODEL
 from resnet_cli.render import make_console
 
@@ -44,16 +44,13 @@ def extract(
     output: FeaturesOutOpt = ...,  # type: ignore[assignment]
     model: ModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = "imagenet",
-    pooling: Annotated[Pooling, typer.Option(
-        "--pooling", case_sensitive=False,
-        help="avg or max: one vector per image (2048 wide for every ResNet); none: the "
-             "(h, w, C) feature map.")] = Pooling.avg,
+    pooling: PoolingOpt = None,
     layer: Annotated[str | None, typer.Option(
         "--layer", metavar="NAME",
         help="Take the output of this backbone layer (e.g. conv4_block6_out) instead of the "
              "last conv stage; pooled the same way.")] = None,
     image_size: ImageSizeOpt = None,
-    resize: ResizeOpt = ResizeMode.crop,
+    resize: ResizeOpt = None,
     batch_size: BatchSizeOpt = 32,
     l2_normalize: Annotated[bool, typer.Option(
         "--l2-normalize", help="Scale each vector to unit length (with --pooling none, each "
@@ -65,7 +62,7 @@ def extract(
         "--shard", metavar="K/N", parser=_parse_shard,
         help="Process only slice K of N (0 <= K < N) of the SORTED inputs, e.g. "
              "--shard $SLURM_ARRAY_TASK_ID/8; join the outputs with resnet merge.")] = None,
-    overwrite: OverwriteOpt = False,
+    overwrite: FeaturesOverwriteOpt = False,
     recursive: RecursiveOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
@@ -92,7 +89,8 @@ def extract(
             paths, output, options=ModelOptions(model=model, weights=weights,
                                                 image_size=image_size, device=device,
                                                 precision=precision.value),
-            pooling=pooling.value, layer=layer, batch_size=batch_size, resize=resize,
+            pooling=pooling.value if pooling is not None else None, layer=layer,
+            batch_size=batch_size, resize=resize,
             l2_normalize=l2_normalize, dtype=dtype.value,
             shard=shard, overwrite=overwrite, progress=not quiet, on_failure=failures)
     if not quiet:
@@ -106,7 +104,7 @@ def merge(
         help="Feature files from extract --shard runs, in order: .npy (with .paths.txt "
              "beside) or .npz.")],
     output: FeaturesOutOpt = ...,  # type: ignore[assignment]
-    overwrite: OverwriteOpt = False,
+    overwrite: FeaturesOverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Join feature files from `resnet extract --shard` runs into one, in the order given.

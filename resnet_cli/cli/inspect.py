@@ -9,16 +9,17 @@ import typer
 
 from resnet_cli.cli.messages import FailureReporter, read_inputs, user_errors
 from resnet_cli.cli.options import (
-    BackbonePoolingOpt,
     BatchSizeOpt,
     DeviceOpt,
     ImageSizeOpt,
     IncludeTopOpt,
     ModelOpt,
+    PoolingOpt,
     PrecisionOpt,
     QuietOpt,
     ReportFormat,
     ReportFormatOpt,
+    ResizeOpt,
     WeightsOpt,
 )
 from resnet_cli.devices import Precision
@@ -29,12 +30,13 @@ def summary(
     model: ModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = "none",
     include_top: IncludeTopOpt = True,
-    pooling: BackbonePoolingOpt = None,
+    pooling: PoolingOpt = None,
     image_size: ImageSizeOpt = None,
     layers: Annotated[bool, typer.Option(
         "--layers", help="Also list every layer: name, type, output shape, parameters (the "
                          "names extract --layer takes).")] = False,
     fmt: ReportFormatOpt = ReportFormat.table,
+    device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Stages, parameters, multiply-accumulates and input/output of a model, without running it.
@@ -52,7 +54,8 @@ def summary(
 
     with user_errors():
         result = summarize(ModelOptions(model=model, weights=weights, include_top=include_top,
-                                        pooling=pooling, image_size=image_size, device="cpu"),
+                                        pooling=pooling.value if pooling is not None else None,
+                         image_size=image_size, device=device),
                            layers=layers, progress=not quiet)
     emit(result, render_summary, as_json=fmt is ReportFormat.json)
 
@@ -82,6 +85,7 @@ def benchmark(
     baseline: Annotated[bool, typer.Option(
         "--baseline/--no-baseline",
         help="Also time plain Keras (load_img + preprocess_input + model.predict).")] = True,
+    resize: ResizeOpt = None,
     fmt: ReportFormatOpt = ReportFormat.table,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
@@ -107,7 +111,8 @@ def benchmark(
             model=ModelOptions(model=model, weights=weights, image_size=image_size,
                                device=device, precision=precision.value),
             batch_size=batch_size, images=images, repeats=repeats, warmup=warmup,
-            inputs=paths, photo_size=parse_photo_size(photo_size), baseline=baseline)
+            inputs=paths, photo_size=parse_photo_size(photo_size), baseline=baseline,
+            resize=resize)
         report = run_benchmark(options, progress=not quiet, on_failure=failures)
     emit(report, render_benchmark, as_json=fmt is ReportFormat.json)
     raise typer.Exit(failures.exit_code)

@@ -15,6 +15,7 @@ import typer
 from resnet_cli.devices import Precision
 from resnet_cli.errors import ResnetCliError
 from resnet_cli.images import ResizeMode
+from resnet_cli.models import Pooling
 from resnet_cli.registry import MODEL_NAMES, get_spec
 
 
@@ -57,20 +58,22 @@ ImageSizeOpt = Annotated[int | None, typer.Option(
 IncludeTopOpt = Annotated[bool, typer.Option(
     "--include-top/--no-include-top",
     help="With the classifier (probabilities out), or the backbone alone (features out).")]
-BackbonePoolingOpt = Annotated[str | None, typer.Option(
-    "--pooling", metavar="avg|max|none",
-    help="Pooling of the backbone's features (with --no-include-top).")]
+PoolingOpt = Annotated[Pooling | None, typer.Option(
+    "--pooling", case_sensitive=False, show_default=False,
+    help="Without the classifier: avg (default) or max, one vector per image (2048 wide for "
+         "every ResNet), or none, the (h, w, C) feature map. An exported backbone computes "
+         "its own.")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", callback=_check_device, metavar="auto|cpu|gpu|gpu:N",
-    help="Where to run: auto (GPUs if any), cpu, gpu, or one GPU by index.")]
+    help="Where to run: auto (GPUs if any), cpu, gpu, or one GPU by index. Exported "
+         ".tflite/.onnx files run on the CPU.")]
 BatchSizeOpt = Annotated[int, typer.Option(
     "--batch-size", "-b", min=1, max=4096, metavar="N", help="Images per batch.")]
-ResizeOpt = Annotated[ResizeMode, typer.Option(
-    "--resize", help="crop: shorter side to size/0.875 then centre crop (ImageNet "
-                     "evaluation); squash: plain bilinear resize, like keras.utils.load_img.")]
-CardResizeOpt = Annotated[ResizeMode | None, typer.Option(
-    "--resize", help="crop or squash (see classify). Default: what a finetuned model was "
-                     "trained with (its config.json), else crop.")]
+ResizeOpt = Annotated[ResizeMode | None, typer.Option(
+    "--resize", case_sensitive=False, show_default=False,
+    help="crop: shorter side to size/0.875 then centre crop (ImageNet evaluation); squash: "
+         "plain bilinear resize, like keras.utils.load_img. Default: the model card's (what "
+         "a finetuned or exported model was trained with), else crop.")]
 RecursiveOpt = Annotated[bool, typer.Option(
     "--recursive/--no-recursive", "-r", help="Descend into sub-folders of folder inputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -86,6 +89,8 @@ FeaturesOutOpt = Annotated[Path, typer.Option(
     help="FILE.npy (rows; the row index goes to FILE.paths.txt beside it) or FILE.npz "
          "(arrays 'features' and 'paths'). Written atomically.")]
 OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace an existing output.")]
+FeaturesOverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Replace an existing output (and its .paths.txt).")]
 
 

@@ -12,24 +12,24 @@ import typer
 from resnet_cli.cli.messages import FailureReporter, print_warning, user_errors
 from resnet_cli.cli.options import (
     BatchSizeOpt,
-    CardResizeOpt,
     DataDirArg,
     DeviceOpt,
     ImageSizeOpt,
     ModelOpt,
+    PrecisionOpt,
     QuietOpt,
     ReportFormat,
     ResizeOpt,
     WeightsOpt,
 )
+from resnet_cli.devices import Precision
 from resnet_cli.registry import DEFAULT_MODEL
 from resnet_cli.render import make_console
 from resnet_cli.training.options import DEFAULTS, ClassWeight, FinetuneOptions, Strategy
 
 if TYPE_CHECKING:
     from resnet_cli.datasets import ClassFolders
-    from resnet_cli.evaluate import Evaluation
-    from resnet_cli.training import EpochRecord
+    from resnet_cli.results import EpochRecord, Evaluation
 
 # Options of `finetune` only (shared ones come from cli.options). Their defaults are those of
 # FinetuneOptions (DEFAULTS), so each is written once.
@@ -188,7 +188,7 @@ def evaluate(
     model: ModelOpt = DEFAULT_MODEL,
     image_size: ImageSizeOpt = None,
     batch_size: BatchSizeOpt = 32,
-    resize: CardResizeOpt = None,
+    resize: ResizeOpt = None,
     fmt: Annotated[ReportFormat, typer.Option(
         "--format", "-f", case_sensitive=False,
         help="A report of tables, or one JSON document.")] = ReportFormat.table,
@@ -202,6 +202,7 @@ def evaluate(
              "run's training curves, and DIR/confusion_matrix.png. DIR is created when "
              "missing; files of these names in it are replaced.")] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.fp32,
     quiet: QuietOpt = False,
 ) -> None:
     """Accuracy of a model on a folder-per-class dataset.
@@ -214,7 +215,7 @@ def evaluate(
 
     Example: resnet evaluate data/test --weights runs/pets/model.keras --errors 5
     """
-    from resnet_cli.evaluate import card_resize, evaluate_files
+    from resnet_cli.evaluate import evaluate_files
     from resnet_cli.models import ModelOptions, load_model
     from resnet_cli.render.evaluate import render_evaluation, write_evaluation_json
 
@@ -222,9 +223,10 @@ def evaluate(
     with user_errors():
         data = _check_outputs(data_dir, report)
         loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
-                                         device=device), progress=not quiet)
-        result = evaluate_files(data, loaded, batch_size=batch_size,
-                                resize=resize or card_resize(loaded), max_mistakes=errors,
+                                         device=device, precision=precision.value),
+                            progress=not quiet)
+        result = evaluate_files(data, loaded, batch_size=batch_size, resize=resize,
+                                max_mistakes=errors,
                                 progress=not quiet, on_failure=failures)
     if fmt is ReportFormat.json:
         write_evaluation_json(result, sys.stdout)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from resnet_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from resnet_cli.export.common import ExportCard
-    from resnet_cli.inference import FailureHandler
+    from resnet_cli.card import ModelCard
+    from resnet_cli.loaded import FailureHandler
     from resnet_cli.models import ModelOptions
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class ExportSummary:
 
     path: Path
     format: ExportFormat
-    card: ExportCard
+    card: ModelCard
     bytes: int
     seconds: float
 
@@ -124,6 +124,7 @@ def export_model(
         check_reproduces,
         load_export_source,
     )
+    from resnet_cli.models import resolve_pooling
     from resnet_cli.outputs import atomic_dir, atomic_path
 
     check_export_request(fmt, output, int8=int8, calibrate=calibrate, overwrite=overwrite)
@@ -131,8 +132,9 @@ def export_model(
         raise UsageError(f"--calibration-images must be at least 1; got {calibration_images}.")
     started = time.perf_counter()
     loaded, network = load_export_source(options, progress=progress)
-    card = build_card(loaded, network, include_top=options.include_top,
-                      pooling=options.pooling, precision="int8" if int8 else "float32")
+    pooling = resolve_pooling(options.pooling, include_top=options.include_top)
+    card = build_card(loaded, network, pooling=pooling, fmt=fmt.value,
+                      precision="int8" if int8 else "float32")
     served = build_serving_model(network, image_size=loaded.image_size,
                                  mode=loaded.preprocess_mode)
     diff = check_reproduces(served, network, image_size=loaded.image_size,
@@ -155,7 +157,7 @@ def export_model(
 
 def _writer(fmt: ExportFormat, *, int8: bool, calibrate: list[str], calibration_images: int,
             progress: bool, on_failure: FailureHandler | None
-            ) -> Callable[[Any, ExportCard, Path], None]:
+            ) -> Callable[[Any, ModelCard, Path], None]:
     if fmt is ExportFormat.saved_model:
         from resnet_cli.export.saved_model import write_saved_model
 
@@ -166,7 +168,7 @@ def _writer(fmt: ExportFormat, *, int8: bool, calibrate: list[str], calibration_
         return write_onnx
     from resnet_cli.export.litert import write_litert
 
-    def write(served: Any, card: ExportCard, path: Path) -> None:
+    def write(served: Any, card: ModelCard, path: Path) -> None:
         write_litert(served, card, path, int8=int8, calibration=calibrate,
                      calibration_images=calibration_images, progress=progress,
                      on_failure=on_failure)

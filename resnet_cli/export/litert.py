@@ -6,7 +6,7 @@ full-integer output runs on the XNNPACK int8 kernels of the `ai-edge-litert` run
 `int8`, weights are int8 per output channel and activations int8 per tensor, calibrated on a
 random sample of the given images read exactly as every command reads them; the input stays
 uint8 pixels (a cast inside the graph) and the output float32. The card is stored as the
-model's metadata entry `resnet_cli_export`, where `runtimes.litert` reads it back.
+model's metadata entry `resnet_cli_card`, where `runtimes.litert` reads it back.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from resnet_cli.card import CARD_KEY, ModelCard
 from resnet_cli.errors import ModelFileError, NoInputsError, UsageError
-from resnet_cli.export.common import CARD_KEY, ExportCard
 from resnet_cli.images import ResizeMode
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 300
 
 
-def write_litert(served: Any, card: ExportCard, path: Path, *, int8: bool = False,
+def write_litert(served: Any, card: ModelCard, path: Path, *, int8: bool = False,
                  calibration: Sequence[str] = (), calibration_images: int =
                  DEFAULT_CALIBRATION_IMAGES, progress: bool = True,
                  on_failure: Callable[[Any], None] | None = None) -> None:
@@ -52,7 +52,7 @@ def write_litert(served: Any, card: ExportCard, path: Path, *, int8: bool = Fals
     path.write_bytes(add_metadata(flat, {CARD_KEY: card.to_json().encode()}))
 
 
-def _convert(converter: Any, card: ExportCard, *, int8: bool, calibration: Sequence[str],
+def _convert(converter: Any, card: ModelCard, *, int8: bool, calibration: Sequence[str],
              calibration_images: int, progress: bool,
              on_failure: Callable[[Any], None] | None) -> bytes:
     import tensorflow as tf
@@ -62,7 +62,7 @@ def _convert(converter: Any, card: ExportCard, *, int8: bool, calibration: Seque
         samples = calibration_sample(calibration, calibration_images)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative(
-            samples, size=card.image_size, resize=ResizeMode(card.resize), progress=progress,
+            samples, size=card.image_size, resize=card.resize, progress=progress,
             on_failure=on_failure)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
@@ -104,7 +104,7 @@ def _representative(paths: Sequence[str], *, size: int, resize: ResizeMode, prog
     def generate() -> Iterator[list[Any]]:
         from resnet_cli.errors import ImageError
         from resnet_cli.images import load_image
-        from resnet_cli.render import progress_bar
+        from resnet_cli.progress import progress_bar
 
         used = 0
         with progress_bar(total=len(paths), desc="calibrating", enabled=progress,
@@ -145,27 +145,3 @@ def add_metadata(flat: bytes, entries: dict[str, bytes]) -> bytes:
         entry.buffer = len(model.buffers) - 1
         model.metadata = [*(model.metadata or []), entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def read_metadata(data: bytes, name: str, *, where: str) -> bytes | None:
-    """The metadata entry `name` of the .tflite flatbuffer `data`, or None.
-
-    Raises:
-        ModelFileError: `data` is not a LiteRT model.
-    """
-    from ai_edge_litert import schema_py_generated as schema
-
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelFileError(f"{where} is not a LiteRT (.tflite) model.")
-    try:
-        model = schema.Model.GetRootAs(data, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            if entry is not None and entry.Name() == name.encode():
-                buffer = model.Buffers(entry.Buffer())
-                if buffer.Offset():  # stored after the flatbuffer (models over 2 GB)
-                    return bytes(data[buffer.Offset():buffer.Offset() + buffer.Size()])
-                return bytes(buffer.DataAsNumpy().tobytes())
-    except Exception as exc:  # a damaged flatbuffer: IndexError, struct.error, ...
-        raise ModelFileError(f"{where} is not a readable LiteRT model: {exc}") from exc
-    return None

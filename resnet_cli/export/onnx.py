@@ -2,7 +2,7 @@
 
 Converted from the served model's TensorFlow function by `tf2onnx` (through Keras' own
 `Model.export(format="onnx")`). The input `images` is uint8 `(batch, size, size, 3)` RGB, the
-output float32. The card is the model's `metadata_props` entry `resnet_cli_export`.
+output float32. The card is the model's `metadata_props` entry `resnet_cli_card`.
 Needs the optional packages of `pip install 'resnet[onnx]'`.
 """
 
@@ -14,13 +14,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from resnet_cli.card import CARD_KEY, INPUT_NAME, ModelCard
 from resnet_cli.errors import ModelFileError, first_line
-from resnet_cli.export.common import CARD_KEY, INPUT_NAME, ExportCard, require_module
+from resnet_cli.extras import require_module
 
 OPSET = 17
 
 
-def write_onnx(served: Any, card: ExportCard, path: Path) -> None:
+def write_onnx(served: Any, card: ModelCard, path: Path) -> None:
     """Convert `served` (uint8 images in) to ONNX and write it, with `card`, to `path`.
 
     Raises:

@@ -2,7 +2,7 @@
 
 Its `serving_default` signature takes `images` (uint8, `(batch, size, size, 3)`, RGB) and
 returns `outputs` (float32 probabilities, or features for a backbone). The card is the file
-`assets/resnet_cli_export.json` in the SavedModel's assets folder.
+`assets/resnet_cli_card.json` in the SavedModel's assets folder.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from resnet_cli.export.common import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ExportCard
+from resnet_cli.card import CARD_KEY, CARD_KEYS, INPUT_NAME, OUTPUT_NAME, ModelCard, find_card
 
 CARD_ASSET = f"{CARD_KEY}.json"
 
 
-def write_saved_model(served: Any, card: ExportCard, path: Path) -> None:
+def write_saved_model(served: Any, card: ModelCard, path: Path) -> None:
     """Write `served` (uint8 images in) as a SavedModel directory at `path`, with `card`."""
     import keras
     import tensorflow as tf
@@ -34,9 +34,9 @@ def write_saved_model(served: Any, card: ExportCard, path: Path) -> None:
     (assets / CARD_ASSET).write_text(card.to_json(), encoding="utf-8")
 
 
-def read_saved_model_card(path: Path) -> ExportCard | None:
+def read_saved_model_card(path: Path) -> ModelCard | None:
     """The card of the SavedModel directory `path`, or None when it has none."""
-    card_file = path / "assets" / CARD_ASSET
-    if not card_file.is_file():
-        return None
-    return ExportCard.from_json(card_file.read_text(encoding="utf-8"), where=str(path))
+    assets = path / "assets"
+    entries = {file.stem: file.read_text(encoding="utf-8")
+               for file in (assets / f"{key}.json" for key in CARD_KEYS) if file.is_file()}
+    return find_card(entries, where=str(path))

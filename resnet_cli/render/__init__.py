@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Protocol, TextIO, TypeVar
 
 from rich.console import Console
@@ -36,13 +35,3 @@ def emit(result: R, render: Callable[[R, Console], None], *, as_json: bool) -> N
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
     else:
         render(result, make_console())
-
-
-@contextmanager
-def progress_bar(*, total: int, desc: str, enabled: bool = True, unit: str = "it") -> Iterator[Any]:
-    """A tqdm bar on stderr; hidden when disabled or when stderr is not a terminal."""
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-              disable=None if enabled else True, leave=False) as bar:
-        yield bar

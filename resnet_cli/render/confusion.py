@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from resnet_cli.evaluate import Evaluation
+    from resnet_cli.results import Evaluation
 
 GRID_MAX_COLUMNS = 25  # above this, the picture shows the most confused pairs and a bare grid
 PAIRS_SHOWN = 20  # most confused pairs in the picture and the page, for many classes

@@ -18,7 +18,7 @@ from resnet_cli.outputs import atomic_path
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from resnet_cli.training.run_folder import EpochRecord
+    from resnet_cli.results import EpochRecord
 
 CURVES_NAME = "curves.png"
 DPI = 100

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from resnet_cli.evaluate import Evaluation
+    from resnet_cli.results import Evaluation
 
 CONFUSION_MAX_CLASSES = 20  # wider matrices are left to --format json
 

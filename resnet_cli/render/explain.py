@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from resnet_cli.explain import ExplainSetup, Explanation
-    from resnet_cli.inference import FailureHandler
+    from resnet_cli.loaded import FailureHandler
 
 NPZ_NAME = "heatmaps.npz"
 DISPLAY_SIDE = 640  # pixels of the longer side of each photo panel

@@ -34,7 +34,7 @@ from resnet_cli.render.curves import CURVES_NAME
 
 if TYPE_CHECKING:
 
-    from resnet_cli.evaluate import Evaluation
+    from resnet_cli.results import Evaluation
 
 INDEX_NAME = "index.html"
 MATRIX_NAME = "confusion_matrix.png"
@@ -133,7 +133,7 @@ def build_report_html(result: Evaluation, *, matrix_png: bytes,
 
 
 def _headline(result: Evaluation) -> str:
-    from resnet_cli.evaluate import macro_f1
+    from resnet_cli.results import macro_f1
 
     cards = [("top1", "top-1 accuracy", _pct(result.top1), result.top1)]
     if result.top5 is not None:

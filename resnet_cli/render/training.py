@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from resnet_cli.training import EpochRecord, FinetuneResult
+    from resnet_cli.results import EpochRecord, FinetuneResult
 
 
 def epoch_line(record: EpochRecord, total: int) -> str:

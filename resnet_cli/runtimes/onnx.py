@@ -6,22 +6,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resnet_cli.card import ModelCard, find_card
 from resnet_cli.errors import ModelFileError, first_line
-from resnet_cli.export.common import CARD_KEY, ExportCard, require_module
+from resnet_cli.extras import require_module
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from resnet_cli.models import LoadedModel
-
 
 @dataclass
 class OnnxModel:
-    """An onnxruntime session over an .onnx file, with the file's card."""
+    """An onnxruntime session over an .onnx file, with the file's card (an `ExportedModel`)."""
 
     path: Path
     session: Any  # onnxruntime.InferenceSession
-    card: ExportCard
+    card: ModelCard
+    runtime: str = "onnx"
+
+    def predictor(self, batch_size: int) -> OnnxPredictor:
+        """A predictor over this session at `batch_size`."""
+        return OnnxPredictor(self, batch_size)
 
 
 def load_onnx(path: Path) -> OnnxModel:
@@ -32,7 +36,7 @@ def load_onnx(path: Path) -> OnnxModel:
         ModelFileError: not an ONNX model onnxruntime loads, or no resnet card.
     """
     ort = require_module("onnxruntime", extra="onnx", purpose=f"Running {path.name}")
-    from resnet_cli.runtimes import runtime_threads
+    from resnet_cli.devices import runtime_threads
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = runtime_threads()
@@ -42,26 +46,23 @@ def load_onnx(path: Path) -> OnnxModel:
                                        providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise ModelFileError(f"{path}: onnxruntime cannot load it: {first_line(exc)}") from exc
-    meta = session.get_modelmeta().custom_metadata_map
-    if CARD_KEY not in meta:
+    card = find_card(session.get_modelmeta().custom_metadata_map, where=str(path))
+    if card is None:
         raise ModelFileError(f"{path} has no resnet card: export it with `resnet export`.")
-    card = ExportCard.from_json(meta[CARD_KEY], where=str(path))
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or \
             list(inputs[0].shape[1:]) != [card.image_size, card.image_size, 3]:
         raise ModelFileError(f"{path}: its input is not uint8 (batch, {card.image_size}, "
                              f"{card.image_size}, 3) as its card says.")
-    return OnnxModel(path=path, session=session, card=card)
+    return OnnxModel(path=path, session=session, card=card.replace(format="onnx"))
 
 
 class OnnxPredictor:
     """An exported .onnx model as a `BatchPredictor` (the batch axis is dynamic: no padding)."""
 
-    def __init__(self, loaded: LoadedModel, batch_size: int) -> None:
+    def __init__(self, model: OnnxModel, batch_size: int) -> None:
         self.batch_size = batch_size
         self.shares_cpu = True
-        self.trace_count = 1  # nothing to trace: the session is ready
-        model: OnnxModel = loaded.model
         self._session = model.session
         self._input = model.session.get_inputs()[0].name
 

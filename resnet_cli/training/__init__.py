@@ -19,9 +19,10 @@ evaluation steps, and precise BatchNorm statistics), `epochs` (the epochs of a p
 
 from __future__ import annotations
 
+from resnet_cli.results import EpochRecord, FinetuneResult
 from resnet_cli.training.distribute import is_chief, make_strategy
 from resnet_cli.training.head import block_prefixes, build_classifier, set_trainable
-from resnet_cli.training.loop import FinetuneResult, TrainingInterrupted, finetune
+from resnet_cli.training.loop import TrainingInterrupted, finetune
 from resnet_cli.training.options import (
     DEFAULTS,
     ClassWeight,
@@ -32,7 +33,7 @@ from resnet_cli.training.options import (
     phase_plan,
     resolve_options,
 )
-from resnet_cli.training.run_folder import EpochRecord, read_history
+from resnet_cli.training.run_folder import read_history
 
 __all__ = [
     "DEFAULTS",

@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from resnet_cli.render import progress_bar
+from resnet_cli.progress import progress_bar
+from resnet_cli.results import EpochRecord
 from resnet_cli.training.engine import PRECISE_BN_BATCHES, Engine, Scores, scores_of
 from resnet_cli.training.options import Phase
-from resnet_cli.training.run_folder import EpochRecord, RunBook
+from resnet_cli.training.run_folder import RunBook
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_cli.cards import CARD_FILENAME, ModelCard, model_card_dict
+from resnet_cli.card import CONFIG_FILENAME, ModelCard, card_entry
 from resnet_cli.datasets import make_augmenter, make_dataset, source_size
-from resnet_cli.errors import ImageError, OutputError, ResnetCliError
-from resnet_cli.evaluate import Evaluation, evaluate_files
+from resnet_cli.errors import OutputError, ResnetCliError
+from resnet_cli.evaluate import evaluate_files
 from resnet_cli.models import dtype_policy, load_backbone_weights
 from resnet_cli.outputs import atomic_path, output_errors
 from resnet_cli.registry import ModelSpec, get_spec
+from resnet_cli.results import EpochRecord, Evaluation, FinetuneResult
 from resnet_cli.training.data import (
     TrainingData,
     dataset_info,
@@ -53,7 +54,6 @@ from resnet_cli.training.options import (
 )
 from resnet_cli.training.run_folder import (
     CHECKPOINT_DIR,
-    EpochRecord,
     RunBook,
     check_same_dataset,
     now,
@@ -72,24 +72,6 @@ class TrainingInterrupted(ResnetCliError):
     """Ctrl-C during training; the last completed epoch's checkpoint is kept."""
 
     exit_code = 130
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    """A finished run: where it is, what it trained on, how it went."""
-
-    run_dir: str
-    model_path: str
-    class_names: tuple[str, ...]
-    train_images: int
-    val_images: int
-    skipped: tuple[ImageError, ...]
-    history: tuple[EpochRecord, ...]
-    metrics: Evaluation | None
-    seconds: float  # training time of this invocation (fit calls, checkpoints included)
-    resumed_from: int | None = None
-    total_epochs: int = 0
-    curves_path: str | None = None  # curves.png in the run folder (None on other workers)
 
 
 @dataclass(frozen=True)
@@ -218,20 +200,20 @@ def _open_run(opts: FinetuneOptions, data: TrainingData, runtime: _Runtime,
     phases = phase_plan(opts)
     class_names = data.splits.data.class_names
     card = ModelCard(base_model=spec.name, image_size=int(opts.image_size or 0),
-                     preprocess_mode=spec.preprocess_mode, class_names=list(class_names),
-                     extra={"resize": opts.resize.value, "run_dir": str(run_dir)})
+                     preprocess_mode=spec.preprocess_mode, class_names=tuple(class_names),
+                     resize=opts.resize, source=str(run_dir / "model.keras"))
     done = int(state["epoch"]) if state is not None else 0
     history = read_history(run_dir / "history.csv")[:done] if state is not None else []
     book = RunBook(run_dir, write_dir, phases[-1].end, opts.keep_checkpoints, history, on_epoch)
     config = run_config(opts, card, data.splits.data, dataset_info(data),
                         _training_info(opts, data, runtime))
     if state is not None:
-        previous = json.loads((run_dir / CARD_FILENAME).read_text())
+        previous = json.loads((run_dir / CONFIG_FILENAME).read_text())
         config["started"] = previous.get("started", config["started"])
         config["resumed"] = [*previous.get("resumed", []), {"from_epoch": done, "at": now()}]
     if chief:
         write_labels(write_dir / "labels.txt", class_names)
-        write_json(write_dir / CHECKPOINT_DIR / CARD_FILENAME, model_card_dict(card))
+        write_json(write_dir / CHECKPOINT_DIR / CONFIG_FILENAME, card_entry(card))
     augment = make_augmenter(opts.seed, flip=opts.flip) if opts.augment else None
     val_ds = (make_dataset(data.val, num_classes=len(class_names), batch_size=data.batch,
                            preprocess_mode=spec.preprocess_mode, training=False)
@@ -268,7 +250,7 @@ def _train(run: _Run, *, progress: bool, warn: Callable[[str], None]) -> tuple[A
         run.config["training"]["policy"] = policy
         model, backbone, resumed_phase = _build(run, progress=progress)
         if run.chief:
-            write_json(run.write_dir / CARD_FILENAME, run.config)
+            write_json(run.write_dir / CONFIG_FILENAME, run.config)
         for phase in run.phases:
             if phase.end > run.done:
                 _fit_phase(run, model, backbone, phase, resumed_phase, progress=progress,
@@ -340,13 +322,12 @@ def _evaluate(run: _Run, final: Any, *, progress: bool) -> Evaluation | None:
     if not val_set.paths:
         return None
     from resnet_cli.labels import build_labels
-    from resnet_cli.models import LoadedModel
+    from resnet_cli.loaded import LoadedModel
 
-    loaded = LoadedModel(model=final, spec=run.spec, image_size=run.card.image_size,
-                         preprocess_mode=run.spec.preprocess_mode,
-                         labels=build_labels(list(run.card.class_names)),
-                         source=str(run.run_dir / "model.keras"), device=run.runtime.device,
-                         card=run.card)
+    source = str(run.run_dir / "model.keras")
+    loaded = LoadedModel(model=final, spec=run.spec, card=run.card.replace(source=source),
+                         labels=build_labels(list(run.card.class_names)), source=source,
+                         device=run.runtime.device)
     return evaluate_files(val_set, loaded, batch_size=run.data.batch, resize=run.opts.resize,
                           progress=progress)
 
@@ -370,7 +351,7 @@ def _write_results(run: _Run, final: Any, metrics: Evaluation | None, seconds: f
                                     for e in run.data.skipped]
     config["finished"] = now()
     config["training_seconds"] = round(seconds, 2)
-    write_json(run.write_dir / CARD_FILENAME, config)
+    write_json(run.write_dir / CONFIG_FILENAME, config)
     from resnet_cli.render.curves import CURVES_NAME, best_epoch, draw_curves, phase_boundaries
 
     history = run.book.history

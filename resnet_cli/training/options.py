@@ -144,7 +144,7 @@ def resolve_options(options: FinetuneOptions) -> FinetuneOptions:
 
 def _check_weights(weights: str, spec: ModelSpec) -> None:
     """imagenet, none, a weights file, or a `.keras` model finetuned from `spec`."""
-    from resnet_cli.cards import read_model_card
+    from resnet_cli.card import read_card_beside
     from resnet_cli.models import existing_weights_file
 
     if weights.lower() in ("none", "imagenet"):
@@ -154,7 +154,7 @@ def _check_weights(weights: str, spec: ModelSpec) -> None:
         raise UsageError(f"--weights {weights}: expected a .keras model, or a Keras "
                          ".weights.h5/.h5 weights file.")
     if path.name.endswith(".keras"):
-        card = read_model_card(path)
+        card = read_card_beside(path)
         if card is not None and card.base_model != spec.name:
             raise UsageError(f"--weights {weights} was finetuned from {card.base_model}; "
                              f"add --model {card.base_model}.")

@@ -11,20 +11,19 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from resnet_cli.cards import CARD_FILENAME, ModelCard, model_card_dict
+from resnet_cli.card import CONFIG_FILENAME, ModelCard, card_entry
 from resnet_cli.datasets import ClassFolders
 from resnet_cli.errors import DatasetError, OutputError, ResnetCliError, UsageError
-from resnet_cli.outputs import atomic_open, atomic_path, check_creatable
+from resnet_cli.outputs import atomic_open, atomic_path, check_creatable, set_aside
+from resnet_cli.results import EpochRecord
 from resnet_cli.training.distribute import is_chief
 from resnet_cli.training.options import FinetuneOptions, plain
 
@@ -38,20 +37,6 @@ RUN_DEFINING = ("classes", "model", "weights", "image_size", "epochs", "batch_si
                 "unfreeze", "label_smoothing", "class_weight", "weight_decay", "seed", "resize",
                 "patience",
                 "mixed_precision")
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One row of history.csv. `epoch` counts from 1 over both phases."""
-
-    epoch: int
-    phase: int
-    lr: float
-    loss: float
-    accuracy: float
-    val_loss: float | None
-    val_accuracy: float | None
-    seconds: float
 
 
 def prepare_run_dir(options: FinetuneOptions, explicit: frozenset[str]
@@ -85,30 +70,26 @@ def replacing(run_dir: Path, *, overwrite: bool) -> Iterator[None]:
     Ctrl-C after a completed epoch is kept, for --resume. Other workers touch nothing."""
     chief = is_chief()
     created = chief and not run_dir.exists()
-    aside = None
-    if overwrite and chief and run_dir.is_dir() and any(run_dir.iterdir()):
-        aside = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".old",
-                                      dir=run_dir.parent))
-        os.rename(run_dir, aside / run_dir.name)
-    try:
-        yield
-    except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt) or (
-            isinstance(exc, ResnetCliError) and exc.exit_code == 130)
-        if not (interrupted and (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file()):
-            if aside is not None or created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            if aside is not None:
-                os.rename(aside / run_dir.name, run_dir)
-        raise
-    finally:
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+    replace = overwrite and chief and run_dir.is_dir() and any(run_dir.iterdir())
+    kept: BaseException | None = None
+    with set_aside(run_dir) if replace else contextlib.nullcontext():
+        try:
+            yield
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt) or (
+                isinstance(exc, ResnetCliError) and exc.exit_code == 130)
+            if not (interrupted and (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file()):
+                if created:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise  # set_aside puts the old run back
+            kept = exc  # resumable: the new run stays, the old one goes
+    if kept is not None:
+        raise kept
 
 
 def _resume_state(options: FinetuneOptions, run_dir: Path, explicit: frozenset[str]
                   ) -> tuple[FinetuneOptions, dict[str, Any]]:
-    config_path = run_dir / CARD_FILENAME
+    config_path = run_dir / CONFIG_FILENAME
     state_path = run_dir / CHECKPOINT_DIR / STATE_FILE
     if not config_path.is_file() or not state_path.is_file():
         raise OutputError(f"Nothing to resume in {run_dir}: no completed epoch "
@@ -146,7 +127,7 @@ def check_same_dataset(run_dir: Path, data: ClassFolders, warn: Callable[[str], 
     Raises:
         DatasetError: other classes than the run's.
     """
-    stored = json.loads((run_dir / CARD_FILENAME).read_text()).get("dataset", {})
+    stored = json.loads((run_dir / CONFIG_FILENAME).read_text()).get("dataset", {})
     classes = stored.get("classes")
     if classes is not None and list(classes) != list(data.class_names):
         raise DatasetError(f"--resume: {data.root} has classes {', '.join(data.class_names)}, "
@@ -179,7 +160,7 @@ def run_config(opts: FinetuneOptions, card: ModelCard, data: ClassFolders,
     """config.json: the model card, every resolved option, the data, the training set-up and
     package versions."""
     return {
-        **model_card_dict(card),
+        **card_entry(card),
         "command": "finetune",
         "options": {k: plain(v) for k, v in dataclasses.asdict(opts).items()
                     if k not in ("resume", "overwrite", "memory_budget")},
