@@ -95,6 +95,7 @@ def test_bf16_run_trains_in_bfloat16_resumes_as_an_old_run_and_saves_float32(
     resumed = runner.invoke(app, ["finetune", str(data), "--classes", "3", "-o", str(run),
                                   "--resume", "--mixed-precision", "--quiet"])
     assert resumed.exit_code == 0, resumed.stderr
+    assert "--mixed-precision is deprecated: use --precision bf16" in resumed.stderr
     config = json.loads((run / "config.json").read_text())
     assert config["options"]["precision"] == "bf16" and config["finished"]
     assert config["training"]["policy"] == "mixed_bfloat16"

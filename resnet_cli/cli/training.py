@@ -113,7 +113,7 @@ def _finetune_options(ctx: typer.Context) -> FinetuneOptions:
     if params.pop("mixed_precision", False):
         # The deprecated --mixed-precision is --precision bf16 (old scripts keep working).
         source = ctx.get_parameter_source("precision")
-        if source is not None and source.name == "COMMANDLINE" and \
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP") and \
                 params["precision"] is not Precision.bf16:
             raise UsageError("--mixed-precision is the old name of --precision bf16; "
                              f"drop it or --precision {params['precision'].value}.")
@@ -193,7 +193,10 @@ def finetune(
             err.print(epoch_line(record, total), markup=False)
 
     with user_errors():
-        result = run_finetune(_finetune_options(ctx), explicit=_explicit_options(ctx),
+        options = _finetune_options(ctx)
+        if mixed_precision:
+            print_warning("--mixed-precision is deprecated: use --precision bf16")
+        result = run_finetune(options, explicit=_explicit_options(ctx),
                               progress=not quiet, on_epoch=on_epoch, on_warning=print_warning)
     render_finetune(result, make_console())
 
