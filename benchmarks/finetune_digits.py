@@ -5,9 +5,11 @@ one folder per class, split 80/20 (stratified, fixed seed) into train/ and test/
 runs the real command line with the tool's own defaults,
 `resnet finetune train/ --classes 10 --weights none --image-size 32 --no-flip`, then
 `resnet evaluate test/ --weights RUN/model.keras`, and prints the test accuracy and the time
-spent. Needs the `bench` extra: pip install -e '.[bench]'.
+spent. `--precision bf16` trains in mixed precision (the saved model is evaluated in fp32).
+Needs the `bench` extra: pip install -e '.[bench]'.
 
 Example: python benchmarks/finetune_digits.py
+         python benchmarks/finetune_digits.py --precision bf16
          python benchmarks/finetune_digits.py --epochs 15 -- --val-split 0.1
 """
 
@@ -50,6 +52,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs (default: finetune's own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="finetune's --precision")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the dataset and the run here (default: a temporary folder)")
     parser.add_argument("extra", nargs="*", help="more `resnet finetune` options, after --")
@@ -64,7 +68,8 @@ def main() -> None:
         # validation split of train/; test/ is only seen by `resnet evaluate`.
         epochs = ["--epochs", str(args.epochs)] if args.epochs is not None else []
         resnet("finetune", str(root / "train"), "--classes", "10", "--weights", "none",
-               "--image-size", str(SIZE), "--no-flip", *epochs, *args.extra,
+               "--image-size", str(SIZE), "--no-flip", "--precision", args.precision,
+               *epochs, *args.extra,
                "-o", str(run), "--overwrite")
         wall = time.perf_counter() - started
         config = json.loads((run / "config.json").read_text())
@@ -75,6 +80,8 @@ def main() -> None:
             "test_accuracy": round(report["top1_accuracy"], 4),
             "test_images": report["images"],
             "macro_f1": round(report["macro_f1"], 4),
+            "precision": args.precision,
+            "policy": config["training"]["policy"],
             "epochs": config["options"]["epochs"],
             "epochs_run": len((run / "history.csv").read_text().splitlines()) - 1,
             "best_epoch": (config["training"].get("early_stopping") or {}).get("best_epoch"),

@@ -130,10 +130,11 @@ def _load_saved_on_device(path: Path, request: DeviceRequest, precision: str) ->
     policy = precision_policy(precision, device)
     loaded = load_saved_model(path)
     loaded.device = device
+    # A saved model stores each layer's dtype policy (a checkpoint of a bf16 finetune run
+    # keeps mixed_bfloat16), so the global policy would not reach it: switch its layers in
+    # place, to float32 too (variables stay float32).
+    _set_layer_policies(loaded.model, policy)
     if policy != "float32":
-        # A saved model stores each layer's dtype policy, so the global policy would not
-        # reach it: switch its layers in place (variables stay float32).
-        _set_layer_policies(loaded.model, policy)
         _keep_classifier_float32(loaded.model)
     loaded.policy = policy
     return loaded

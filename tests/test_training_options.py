@@ -77,7 +77,8 @@ def test_resolve_rejects_in_one_message(change, message):
 def test_cli_enum_options_ignore_case(tmp_path, runner):
     result = runner.invoke(app, ["finetune", str(tmp_path / "nowhere"), "--classes", "2",
                                  "--class-weight", "AUTO", "--strategy", "Mirrored",
-                                 "--resize", "SQUASH", "-o", str(tmp_path / "run")])
+                                 "--resize", "SQUASH", "--precision", "FP32",
+                                 "-o", str(tmp_path / "run")])
     assert result.exit_code == 1  # past the options, to the missing dataset
     assert "does not exist" in result.stderr
     refused = runner.invoke(app, ["finetune", str(tmp_path), "--classes", "2",

@@ -23,6 +23,7 @@ from resnet_cli.cli.options import (
     WeightsOpt,
 )
 from resnet_cli.devices import Precision
+from resnet_cli.errors import UsageError
 from resnet_cli.registry import DEFAULT_MODEL
 from resnet_cli.render import make_console
 from resnet_cli.training.options import DEFAULTS, ClassWeight, FinetuneOptions, Strategy
@@ -94,8 +95,7 @@ ResumeOpt = Annotated[bool, typer.Option(
 RunOverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Replace the run in -o RUN_DIR.")]
 MixedPrecisionOpt = Annotated[bool, typer.Option(
-    "--mixed-precision", help="float16 compute on GPUs (Keras mixed_float16, with loss "
-                              "scaling); ignored on CPUs.")]
+    "--mixed-precision", hidden=True, help="Deprecated: the same as --precision bf16.")]
 StrategyOpt = Annotated[Strategy, typer.Option(
     "--strategy", metavar="auto|mirrored|multiworker", case_sensitive=False,
     help="mirrored: all GPUs of this machine; multiworker: several machines, from "
@@ -108,6 +108,14 @@ _RENAMED = {"output": "run_dir"}
 def _finetune_options(ctx: typer.Context) -> FinetuneOptions:
     """FinetuneOptions from the command's parameters, field by field (paths as text)."""
     params = {_RENAMED.get(name, name): value for name, value in ctx.params.items()}
+    if params.pop("mixed_precision", False):
+        # The deprecated --mixed-precision is --precision bf16 (old scripts keep working).
+        source = ctx.get_parameter_source("precision")
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP") and \
+                params["precision"] is not Precision.bf16:
+            raise UsageError("--mixed-precision is the old name of --precision bf16; "
+                             f"drop it or --precision {params['precision'].value}.")
+        params["precision"] = Precision.bf16
     fields = {field.name for field in dataclasses.fields(FinetuneOptions)}
     values: dict[str, Any] = {name: str(value) if isinstance(value, Path) else value
                               for name, value in params.items() if name in fields}
@@ -117,8 +125,11 @@ def _finetune_options(ctx: typer.Context) -> FinetuneOptions:
 def _explicit_options(ctx: typer.Context) -> frozenset[str]:
     """The parameters given on the command line (or by environment), not left at defaults."""
     sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
-    return frozenset(name for name, source in sources.items()
-                     if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"))
+    given = {name for name, source in sources.items()
+             if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")}
+    if "mixed_precision" in given and ctx.params.get("mixed_precision"):
+        given.add("precision")
+    return frozenset(given)
 
 
 def finetune(
@@ -148,7 +159,8 @@ def finetune(
     keep_checkpoints: KeepCheckpointsOpt = DEFAULTS.keep_checkpoints,
     resume: ResumeOpt = DEFAULTS.resume,
     overwrite: RunOverwriteOpt = DEFAULTS.overwrite,
-    mixed_precision: MixedPrecisionOpt = DEFAULTS.mixed_precision,
+    precision: PrecisionOpt = Precision(DEFAULTS.precision),
+    mixed_precision: MixedPrecisionOpt = False,
     strategy: StrategyOpt = DEFAULTS.strategy,
     device: DeviceOpt = DEFAULTS.device,
     quiet: QuietOpt = False,
@@ -163,7 +175,9 @@ def finetune(
     summary and evaluate (--weights RUN_DIR/model.keras): class names, input size and
     preprocessing come from RUN_DIR/config.json. --batch-size is the global batch, split over
     the replicas of --strategy; for multiworker, run the same command on every machine with
-    TF_CONFIG describing the cluster (the chief writes RUN_DIR).
+    TF_CONFIG describing the cluster (the chief writes RUN_DIR). --precision bf16 trains under
+    Keras mixed precision where the hardware has it (the classifier in float32); model.keras
+    is saved in float32 and runs at any --precision.
 
     Example: resnet finetune data/ --classes 10 -o runs/pets --epochs 5
     """
@@ -177,7 +191,10 @@ def finetune(
             err.print(epoch_line(record, total), markup=False)
 
     with user_errors():
-        result = run_finetune(_finetune_options(ctx), explicit=_explicit_options(ctx),
+        options = _finetune_options(ctx)
+        if mixed_precision:
+            print_warning("--mixed-precision is deprecated: use --precision bf16")
+        result = run_finetune(options, explicit=_explicit_options(ctx),
                               progress=not quiet, on_epoch=on_epoch, on_warning=print_warning)
     render_finetune(result, make_console())
 

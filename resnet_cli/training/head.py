@@ -136,9 +136,22 @@ def restore_phase(model: Any, backbone: Any, spec: ModelSpec, phase: Phase, chec
 
 def inference_copy(model: Any) -> Any:
     """The trained model without optimizer state (model.keras is for inference: a third of
-    the checkpoint's size)."""
+    the checkpoint's size), computing in float32 whatever policy it trained under.
+
+    Saved layers keep their dtype policy, so a copy left in mixed_bfloat16 would run in
+    bfloat16 wherever it is loaded; in float32 it runs as `--precision` asks (the weights
+    are float32 under every policy, so nothing is lost)."""
     import keras
 
     copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
+    _float32_layers(copy)
     return copy
+
+
+def _float32_layers(model: Any) -> None:
+    model.dtype_policy = "float32"
+    for layer in model.layers:
+        if hasattr(layer, "layers"):  # the nested backbone
+            _float32_layers(layer)
+        layer.dtype_policy = "float32"

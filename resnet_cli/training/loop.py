@@ -80,6 +80,7 @@ class _Runtime:
     strategy: Any  # tf.distribute.Strategy
     on_gpu: bool
     jit: Any  # "auto" or False
+    policy: str  # Keras dtype policy of training: float32, mixed_bfloat16 or mixed_float16
 
 
 @dataclass
@@ -148,11 +149,11 @@ def _finetune(opts: FinetuneOptions, state: dict[str, Any] | None, *, progress: 
     splits = scan_splits(opts)
     if state is not None:
         check_same_dataset(Path(str(opts.run_dir)), splits.data, warn)
-    runtime = _start_runtime(opts)
+    runtime = _start_runtime(opts, state, warn)
     data = load_training_data(opts, splits, progress=progress, warn=warn)
     run = _open_run(opts, data, runtime, state, on_epoch)
     try:
-        final, seconds = _train(run, progress=progress, warn=warn)
+        final, seconds = _train(run, progress=progress)
     except KeyboardInterrupt:
         last = run.book.last_checkpoint()
         where = f"{last} holds the last completed epoch" if last else "no epoch was completed"
@@ -172,8 +173,10 @@ def _finetune(opts: FinetuneOptions, state: dict[str, Any] | None, *, progress: 
 
 # ----- set-up -----------------------------------------------------------------------------
 
-def _start_runtime(opts: FinetuneOptions) -> _Runtime:
-    """Import TensorFlow, place the run on its device and strategy, seed everything."""
+def _start_runtime(opts: FinetuneOptions, state: dict[str, Any] | None,
+                   warn: Callable[[str], None]) -> _Runtime:
+    """Import TensorFlow, place the run on its device and strategy, pick its dtype policy,
+    seed everything."""
     from resnet_cli.devices import apply_device, import_tensorflow, parse_device
 
     import_tensorflow()
@@ -183,8 +186,29 @@ def _start_runtime(opts: FinetuneOptions) -> _Runtime:
     strategy = make_strategy(opts.strategy)
     keras.utils.set_random_seed(opts.seed)
     on_gpu = device.upper().startswith("/GPU")
+    policy = _training_policy(opts, device, state, warn)
     # XLA on CPU only adds minutes of compile time.
-    return _Runtime(device, strategy, on_gpu, "auto" if on_gpu else False)
+    return _Runtime(device, strategy, on_gpu, "auto" if on_gpu else False, policy)
+
+
+def _training_policy(opts: FinetuneOptions, device: str, state: dict[str, Any] | None,
+                     warn: Callable[[str], None]) -> str:
+    """The Keras dtype policy for `--precision` on `device`, by the rule of every command
+    (`devices.precision_policy`). A resumed run whose checkpoint was trained with float16
+    loss scaling, or without it where it would now be used, keeps its own policy: the
+    optimizer state in the checkpoint has (or lacks) the loss scale."""
+    from resnet_cli.devices import precision_policy
+
+    policy = precision_policy(opts.precision, device)
+    if state is None:
+        return policy
+    previous = json.loads((Path(str(opts.run_dir)) / CONFIG_FILENAME).read_text())
+    started = str(previous.get("training", {}).get("policy", "float32"))
+    if (started == "mixed_float16") != (policy == "mixed_float16"):
+        warn(f"{opts.run_dir} was trained under {started}; continuing under it rather than "
+             f"{policy}, for its checkpoint's loss scaling")
+        return started
+    return policy
 
 
 def _open_run(opts: FinetuneOptions, data: TrainingData, runtime: _Runtime,
@@ -235,20 +259,15 @@ def _training_info(opts: FinetuneOptions, data: TrainingData, runtime: _Runtime)
 
 # ----- training ---------------------------------------------------------------------------
 
-def _train(run: _Run, *, progress: bool, warn: Callable[[str], None]) -> tuple[Any, float]:
+def _train(run: _Run, *, progress: bool) -> tuple[Any, float]:
     """Build or restore the model and train the phases left; returns the inference copy of
     the trained model (the best epoch's, with early stopping) and the seconds spent."""
     started = time.perf_counter()
-    mixed = run.opts.mixed_precision
-    policy = "mixed_float16" if mixed and run.runtime.on_gpu else "float32"
-    if mixed and not run.runtime.on_gpu:
-        # CPUs without native bfloat16 emulate half precision slower than float32.
-        warn("--mixed-precision needs a GPU; training in float32 on the CPU")
     patience = int(run.opts.patience or 0)
     stopping = EarlyStopping(patience) if patience and run.val_ds is not None else None
-    with dtype_policy(policy):
-        run.config["training"]["policy"] = policy
+    with dtype_policy(run.runtime.policy):
         model, backbone, resumed_phase = _build(run, progress=progress)
+        run.config["training"].update(_policies(model, backbone))
         if run.chief:
             write_json(run.write_dir / CONFIG_FILENAME, run.config)
         for phase in run.phases:
@@ -261,6 +280,17 @@ def _train(run: _Run, *, progress: bool, warn: Callable[[str], None]) -> tuple[A
                 restored=stopping.restore(model, last))
         seconds = time.perf_counter() - started
         return inference_copy(model), seconds
+
+
+def _policies(model: Any, backbone: Any) -> dict[str, str]:
+    """The dtype policies the model was built with, read from its layers, for config.json:
+    the backbone's (its first convolution), the classifier's (float32 under every policy:
+    Keras' mixed precision guide), and model.keras' (saved in float32, so it runs in fp32
+    unless asked for bf16)."""
+    first = next(layer for layer in backbone.layers if layer.weights)
+    return {"policy": first.dtype_policy.name,
+            "classifier_policy": model.get_layer("predictions").dtype_policy.name,
+            "saved_model_policy": "float32"}
 
 
 def _build(run: _Run, *, progress: bool) -> tuple[Any, Any, int]:

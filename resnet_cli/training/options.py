@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from resnet_cli.devices import parse_precision
 from resnet_cli.errors import UsageError
 from resnet_cli.images import ResizeMode
 from resnet_cli.registry import DEFAULT_MODEL, ModelSpec, get_spec
@@ -54,6 +55,8 @@ class FinetuneOptions:
             and keep the best epoch's weights; 0: never; None: 5 from scratch, 0 with
             pretrained weights.
         unfreeze: "all", or the number of residual blocks (from the top) phase 2 trains.
+        precision: "fp32", or "bf16": train under Keras mixed precision where the hardware
+            has it (`devices.precision_policy`, the rule of every command's `--precision`).
         memory_budget: bytes of decoded pixels kept in memory (None: 4 GiB, at most a quarter
             of the RAM); larger datasets are decoded on the fly.
     """
@@ -83,7 +86,7 @@ class FinetuneOptions:
     keep_checkpoints: int = 1
     resume: bool = False
     overwrite: bool = False
-    mixed_precision: bool = False
+    precision: str = "fp32"
     strategy: Strategy = Strategy.auto
     device: str = "auto"
     memory_budget: int | None = None
@@ -132,6 +135,7 @@ def resolve_options(options: FinetuneOptions) -> FinetuneOptions:
     strategy = _as_member(Strategy, options.strategy,
                        "--strategy must be auto, mirrored or multiworker")
     resize = _as_member(ResizeMode, options.resize, "--resize must be crop or squash")
+    precision = parse_precision(options.precision)
     fine_tune = _fine_tune_epochs(options)
     unfreeze = parse_unfreeze(options.unfreeze, spec)
     _check_run(options, strategy)
@@ -139,7 +143,7 @@ def resolve_options(options: FinetuneOptions) -> FinetuneOptions:
     return dataclasses.replace(
         options, model=spec.name, weights=weights, image_size=size, fine_tune_epochs=fine_tune,
         unfreeze=unfreeze, run_dir=run_dir, class_weight=class_weight, strategy=strategy,
-        resize=resize)
+        resize=resize, precision=precision)
 
 
 def _check_weights(weights: str, spec: ModelSpec) -> None:

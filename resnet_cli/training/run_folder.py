@@ -35,8 +35,7 @@ HISTORY_FIELDS = ("epoch", "phase", "lr", "loss", "accuracy", "val_loss", "val_a
 RUN_DEFINING = ("classes", "model", "weights", "image_size", "epochs", "batch_size", "lr",
                 "val_split", "val_dir", "augment", "flip", "fine_tune_epochs", "fine_tune_lr",
                 "unfreeze", "label_smoothing", "class_weight", "weight_decay", "seed", "resize",
-                "patience",
-                "mixed_precision")
+                "patience", "precision")
 
 
 def prepare_run_dir(options: FinetuneOptions, explicit: frozenset[str]
@@ -100,6 +99,7 @@ def _resume_state(options: FinetuneOptions, run_dir: Path, explicit: frozenset[s
         state = json.loads(state_path.read_text())
     except (ValueError, KeyError, TypeError) as exc:
         raise OutputError(f"Cannot resume {run_dir}: {exc}") from exc
+    stored = _upgrade_options(stored)
     changed = [f"--{key.replace('_', '-')} {plain(getattr(options, key))} (the run has "
                f"{stored.get(key)})" for key in RUN_DEFINING
                if key in explicit and _differs(getattr(options, key), stored.get(key))]
@@ -109,6 +109,14 @@ def _resume_state(options: FinetuneOptions, run_dir: Path, explicit: frozenset[s
     known = {f.name for f in dataclasses.fields(FinetuneOptions)}
     merged = {k: v for k, v in stored.items() if k in known and k in RUN_DEFINING}
     return dataclasses.replace(options, **merged), state
+
+
+def _upgrade_options(stored: dict[str, Any]) -> dict[str, Any]:
+    """Options stored by older versions, in today's terms: `mixed_precision` (a boolean, before
+    `--precision`) is `precision` bf16, and its absence fp32."""
+    if "precision" not in stored:
+        stored = {**stored, "precision": "bf16" if stored.get("mixed_precision") else "fp32"}
+    return stored
 
 
 def _differs(given: Any, stored: Any) -> bool:
