@@ -74,12 +74,14 @@ def _mediapipe(model: Path, paths: list[str], *, crop: bool
         for path in paths:
             image = mp.Image.create_from_file(path)
             processing = None
-            if crop:
+            if crop:  # the README's recipe (the shift is 0 here: the box is the model's size)
                 w, h = image.width, image.height
                 side = 0.875 * min(w, h)
-                left, upper = (w - side) / 2 / w, (h - side) / 2 / h
+                shift = (side / CROP_SIZE - 1) / 2
+                left, upper = (w - side) / 2 + shift, (h - side) / 2 + shift
                 processing = vision.ImageProcessingOptions(region_of_interest=RectF(
-                    left=left, top=upper, right=left + side / w, bottom=upper + side / h))
+                    left=left / w, top=upper / h, right=(left + side) / w,
+                    bottom=(upper + side) / h))
             (head,) = classifier.classify(image, processing).classifications
             results.append({c.index: (c.category_name, c.score) for c in head.categories})
     return results

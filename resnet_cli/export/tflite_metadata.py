@@ -4,7 +4,7 @@ file `labels.txt`, so `mediapipe.tasks.python.vision.ImageClassifier` names its 
 
 The metadata is built with MediaPipe's own metadata classes (`metadata_info`, the generated
 `metadata_schema` flatbuffer classes). MediaPipe's `MetadataWriter.populate()` would also
-pack it, but since MediaPipe 0.10.30 it cannot be imported (it needs a native module the
+pack it, but from MediaPipe 0.10.30 on it cannot be imported (it needs a native module the
 wheels no longer ship), and the older wheels that have it pin protobuf < 5 and numpy < 2,
 which TensorFlow 2.21 cannot use. So the last two steps of populating are done here: the
 metadata goes into the model's `TFLITE_METADATA` entry (beside our own card, by
@@ -12,7 +12,7 @@ metadata goes into the model's `TFLITE_METADATA` entry (beside our own card, by
 populator does.
 
 The input is raw uint8 RGB (the preprocessing is inside the graph): the normalization written
-is the identity (mean 0, std 1), which MediaPipe does not apply to uint8 inputs anyway.
+is the identity (mean 0, std 1).
 MediaPipe resizes the whole image (or a region of interest) to the input size: that is
 `--resize squash`; for a model trained with `crop`, the input's description says which region
 to pass.
@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from resnet_cli.errors import ModelFileError, UsageError
-
-if TYPE_CHECKING:
-    from resnet_cli.export.common import ExportCard
 
 METADATA_NAME = "TFLITE_METADATA"  # the entry MediaPipe and the Task Library read
 LABEL_FILE = "labels.txt"
@@ -36,6 +34,26 @@ LABEL_FILE = "labels.txt"
 # statistics and TENSOR_AXIS_LABELS file fields are all in the schema's first version.
 MIN_PARSER_VERSION = "1.0.0"
 _IDENTIFIER = b"M001"  # the metadata flatbuffer's file identifier
+
+
+class Card(Protocol):
+    """What the metadata is made of: the export card's facts (read only; the card module
+    itself is not imported, so this module stays below everything that uses it)."""
+
+    @property
+    def base_model(self) -> str: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def resize(self) -> str: ...
+    @property
+    def class_names(self) -> Sequence[str] | None: ...
+    @property
+    def imagenet_labels(self) -> bool: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def source(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,7 @@ class StandardMetadata:
     files: dict[str, bytes]
 
 
-def build_standard_metadata(flat: bytes, card: ExportCard) -> StandardMetadata:
+def build_standard_metadata(flat: bytes, card: Card) -> StandardMetadata:
     """The standard metadata of the converted model `flat`, described by `card`.
 
     Raises:
@@ -70,9 +88,7 @@ def build_standard_metadata(flat: bytes, card: ExportCard) -> StandardMetadata:
     names = _class_names(card)
     files = {}
     if names is None:
-        shape = "x".join(str(d) for d in card.output_shape)
-        output = info.TensorMd(name="features", description=f"{shape} float32 features "
-                               f"(pooling: {card.pooling or 'none'}).")
+        output = info.TensorMd(name="features", description="float32 features.")
     else:
         files[LABEL_FILE] = "\n".join(names).encode()
         output = info.ClassificationTensorMd(
@@ -104,20 +120,20 @@ def append_associated_files(flat: bytes, files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO(flat)
     buffer.seek(0, io.SEEK_END)
     with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_STORED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
+        for name, data in files.items():  # a fixed date: the same model, the same bytes
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
 
 
-def _class_names(card: ExportCard) -> list[str] | None:
-    if not card.include_top:
-        return None
+def _class_names(card: Card) -> list[str] | None:
     if card.imagenet_labels:
         from resnet_cli.labels import load_imagenet_labels
 
         names = [label.name for label in load_imagenet_labels()]
+    elif card.class_names is not None:
+        names = list(card.class_names)
     else:
-        names = list(card.class_names or ())
+        return None  # a backbone: features out
     for name in names:
         if "\n" in name or "\r" in name:
             raise ModelFileError(f"Class name {name!r} has a line break; the label file of "
