@@ -6,7 +6,9 @@ full-integer output runs on the XNNPACK int8 kernels of the `ai-edge-litert` run
 `int8`, weights are int8 per output channel and activations int8 per tensor, calibrated on a
 random sample of the given images read exactly as every command reads them; the input stays
 uint8 pixels (a cast inside the graph) and the output float32. The card is stored as the
-model's metadata entry `resnet_cli_card`, where `runtimes.litert` reads it back.
+model's metadata entry `resnet_cli_card`, where `runtimes.litert` reads it back; beside it
+goes the standard TFLite model metadata (`tflite_metadata`) that MediaPipe Tasks read, when
+MediaPipe is installed (`pip install 'resnet[mediapipe]'`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,16 @@ def write_litert(served: Any, card: ModelCard, path: Path, *, int8: bool = False
         flat = _convert(converter, card, int8=int8, calibration=calibration,
                         calibration_images=calibration_images, progress=progress,
                         on_failure=on_failure)
-    path.write_bytes(add_metadata(flat, {CARD_KEY: card.to_json().encode()}))
+    # Our card, and beside it the standard TFLite metadata (MediaPipe, Android's Task Library).
+    from resnet_cli.export import tflite_metadata
+
+    standard = tflite_metadata.build_standard_metadata(flat, card)
+    entries = {CARD_KEY: card.to_json().encode()}
+    if standard is not None:
+        entries[tflite_metadata.METADATA_NAME] = standard.metadata
+    flat = add_metadata(flat, entries)
+    path.write_bytes(tflite_metadata.append_associated_files(
+        flat, standard.files if standard is not None else {}))
 
 
 def _convert(converter: Any, card: ModelCard, *, int8: bool, calibration: Sequence[str],
