@@ -9,12 +9,11 @@ line tests; one run uses a random-weight ResNet50 at 64 px for ImageNet class na
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, make_image
+from conftest import SHAPES, TINY, make_image
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
@@ -22,70 +21,7 @@ from resnet_cli.cli import app
 from resnet_cli.errors import ImageError, UsageError
 from resnet_cli.images import CROP_FRACTION, ResizeMode
 
-SHAPES = ("circle", "square")
 CELL = 8  # pixels per feature-map cell of the tiny backbone (three stride-2 convolutions)
-
-
-def _shape_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`count` TINY x TINY images: a circle or square (alternating) of random size, colour and
-    position on a smooth random texture; returns (images uint8, classes, boxes x0 y0 x1 y1)."""
-    rng = np.random.default_rng(seed)
-    images = np.zeros((count, TINY, TINY, 3), np.uint8)
-    boxes = np.zeros((count, 4))
-    for i in range(count):
-        coarse = rng.uniform(40, 200, (4, 4, 3)).astype(np.uint8)
-        texture = np.asarray(Image.fromarray(coarse).resize((TINY, TINY),
-                                                            Image.Resampling.BICUBIC), np.float32)
-        texture += rng.normal(0, 12, texture.shape)
-        img = Image.fromarray(np.clip(texture, 0, 255).astype(np.uint8))
-        r = int(rng.integers(7, 11))
-        cx, cy = (int(v) for v in rng.integers(r + 1, TINY - r - 1, 2))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        box = (cx - r, cy - r, cx + r, cy + r)
-        draw = ImageDraw.Draw(img)
-        shape = draw.ellipse if i % 2 == 0 else draw.rectangle
-        shape(box, fill=colour, outline=tuple(255 - c for c in colour), width=2)
-        images[i], boxes[i] = np.asarray(img), box
-    return images, np.arange(count) % 2, boxes
-
-
-@pytest.fixture(scope="session")
-def shapes_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The trained tiny classifier, saved as run/model.keras with its card, and held-out
-    shape images written as PNG files with their classes and boxes."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((TINY, TINY, 3))
-    x = inputs
-    for filters, stride in ((16, 2), (32, 2), (64, 2), (64, 1)):
-        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.Activation("relu")(x)
-    backbone = keras.Model(inputs, x, name="tiny_backbone")
-    image = keras.Input((TINY, TINY, 3), name="image")
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone(image))
-    x = keras.layers.Dropout(0.2, name="head_dropout")(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(x)
-    model = keras.Model(image, outputs, name="shapes_finetuned")
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
-    train, classes, _ = _shape_images(800, seed=0)
-    model.fit(train.astype(np.float32) / 127.5 - 1, classes, epochs=16, batch_size=32,
-              verbose=0)  # "tf" preprocessing, as the card says
-
-    run = tmp_path_factory.mktemp("run")
-    model.save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps({"resnet_cli_model": {
-        "base_model": "resnet50v2", "image_size": TINY, "preprocess_mode": "tf",
-        "class_names": list(SHAPES), "resize": "squash"}}))
-    held_out, truth, boxes = _shape_images(120, seed=1)
-    folder = tmp_path_factory.mktemp("shapes")
-    paths = []
-    for i, pixels in enumerate(held_out):
-        paths.append(str(folder / f"{i:03d}.png"))
-        Image.fromarray(pixels).save(paths[-1])
-    return {"path": run / "model.keras", "model": model, "paths": paths, "truth": truth,
-            "boxes": boxes}
 
 
 @pytest.fixture(scope="session")

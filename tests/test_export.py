@@ -79,11 +79,9 @@ def test_int8_file_is_full_integer(exported, keras_loaded) -> None:
     assert interpreter.get_output_details()[0]["dtype"] == np.float32
     kinds = {d["dtype"] for d in interpreter.get_tensor_details()}
     assert np.int8 in kinds
-    loaded = load_model(ModelOptions(weights=str(exported["int8"])))
-    probs = make_predictor(loaded, 3)(_images(3))
+    probs = make_predictor(load_model(ModelOptions(weights=str(exported["int8"]))), 3)(
+        _images(3))
     assert probs.shape == (3, 1000)
-    # int8 probabilities come in steps of 1/256: a flat 1000-way distribution loses mass.
-    assert (probs >= 0).all() and np.all(np.abs(probs.sum(axis=1) - 1.0) < 0.2)
     float_size = exported["litert"].stat().st_size
     assert exported["int8"].stat().st_size < float_size / 3
 
@@ -180,3 +178,28 @@ def test_cli_calibration_folder_without_images_is_a_usage_error(runner: CliRunne
         f"warning: {tmp_path / 'empty'}: no images",
         "error: No images found in the given inputs."]
     assert not out.exists()
+
+
+def test_int8_agrees_with_keras_on_held_out_images(shapes_model, sample_photos,  # type: ignore[no-untyped-def]
+                                                   tmp_path: Path) -> None:
+    """A trained classifier's int8 file (calibrated on images of its task) against the Keras
+    model it came from: the same top-1 on held-out images, probabilities within int8's error,
+    and on real photos (outside the task) too."""
+    from resnet_cli.export import ExportFormat, export_model
+    from resnet_cli.images import load_image
+    from resnet_cli.inference import make_predictor
+
+    paths = shapes_model["paths"]
+    out = export_model(ModelOptions(weights=str(shapes_model["path"]), device="cpu"),
+                       ExportFormat.litert, tmp_path / "shapes_int8.tflite", int8=True,
+                       calibrate=paths[:40], progress=False).path
+    int8 = make_predictor(load_model(ModelOptions(weights=str(out))), 16)
+    keras = make_predictor(load_model(ModelOptions(weights=str(shapes_model["path"]))), 16)
+    # Measured: agreement 1.0 on both, max difference 0.017 (held-out) and 0.019 (photos).
+    for files, agreement, tolerance in ((paths[40:], 0.97, 0.05),
+                                        ([str(p) for p in sample_photos], 0.8, 0.06)):
+        images = np.stack([load_image(p, size=TINY, resize=ResizeMode.squash) for p in files])
+        got = np.concatenate([int8(images[i:i + 16]) for i in range(0, len(images), 16)])
+        want = np.concatenate([keras(images[i:i + 16]) for i in range(0, len(images), 16)])
+        assert np.mean(got.argmax(axis=1) == want.argmax(axis=1)) >= agreement
+        assert np.abs(got - want).max() < tolerance
