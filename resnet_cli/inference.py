@@ -59,6 +59,20 @@ class BatchPredictor(Protocol):
         """Rows for up to `batch_size` images of shape (n, size, size, 3), uint8."""
 
 
+class BatchRunner(Protocol):
+    """Something that runs a model over paths as `predict_paths` does (in input order, failures
+    to `on_failure`): a local predictor, or a cluster (`cluster.ray_runner`)."""
+
+    def __call__(self, paths: Sequence[str], *, batch_size: int, resize: ResizeMode = ...,
+                 progress: bool = ..., on_failure: FailureHandler | None = ...,
+                 desc: str = ...) -> Iterator[Batch]:
+        """Batches of `paths`' rows, in input order."""
+
+
+RunnerFactory = Callable[["LoadedModel"], BatchRunner]
+"""Makes the `BatchRunner` for a model loaded here (whose input size and outputs it runs)."""
+
+
 def fitted_batch_size(batch_size: int, count: int) -> int:
     """The batch size for `count` inputs: no larger than needed, since batches are padded to
     full size (classifying 3 photos at batch 32 would compute 32 rows)."""
