@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 from resnet_cli.errors import UsageError
 from resnet_cli.images import ResizeMode
-from resnet_cli.inference import predict_paths
+from resnet_cli.inference import RunnerFactory, predict_paths
 from resnet_cli.loaded import FailureHandler, LoadedModel
 from resnet_cli.results import ClassifyResult, Prediction
 
@@ -22,11 +23,13 @@ def classify_images(
     resize: ResizeMode | None = None,
     progress: bool = True,
     on_failure: FailureHandler | None = None,
+    runner: RunnerFactory | None = None,
 ) -> Iterator[ClassifyResult]:
     """Yield one result per path, in input order, batch by batch.
 
     `top_k` defaults to 5, or all classes of a model that has fewer. An input that cannot be
-    read yields a result with its `error` (and goes to `on_failure`).
+    read yields a result with its `error` (and goes to `on_failure`). `runner` runs the
+    model elsewhere (`cluster.ray_runner`); by default, `loaded` runs here.
 
     Raises:
         UsageError: the model has no classifier, or `top_k` is out of range.
@@ -40,8 +43,9 @@ def classify_images(
         top_k = min(DEFAULT_TOP_K, len(labels))
     if not 1 <= top_k <= len(labels):
         raise UsageError(f"--top-k must be between 1 and {len(labels)}; got {top_k}.")
-    for batch in predict_paths(paths, loaded, batch_size=batch_size, resize=resize,
-                               progress=progress, on_failure=on_failure):
+    run = runner(loaded) if runner else functools.partial(predict_paths, loaded=loaded)
+    for batch in run(paths, batch_size=batch_size, resize=resize, progress=progress,
+                     on_failure=on_failure):
         rows = iter(batch.outputs)
         for position, path in enumerate(batch.paths):
             if position in batch.errors:

@@ -7,6 +7,7 @@ order; inputs that cannot be read are reported and left out.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from resnet_cli.features import RowWriter
-    from resnet_cli.inference import Batch
+    from resnet_cli.inference import Batch, RunnerFactory
     from resnet_cli.loaded import FailureHandler, LoadedModel
     from resnet_cli.models import ModelOptions
 
@@ -104,11 +105,14 @@ def extract_features(
     overwrite: bool = False,
     progress: bool = True,
     on_failure: FailureHandler | None = None,
+    runner: RunnerFactory | None = None,
 ) -> ExtractSummary:
     """Load the backbone described by `options` and write features of `paths` to `output`.
 
     The output is checked before the model is loaded. With several GPUs visible the model is
     built under a `tf.distribute.MirroredStrategy` and every batch is split across them.
+    `runner` runs the feature model elsewhere (`cluster.ray_runner`); the model is still
+    loaded here, for the rows' shape.
 
     Raises:
         UsageError: bad options, an existing output without `overwrite`, an empty shard.
@@ -136,7 +140,7 @@ def extract_features(
         return _write_features(
             paths, loaded, output, pooling=pooling, layer=layer, batch_size=batch_size,
             resize=resize, l2_normalize=l2_normalize, dtype=out_dtype, overwrite=overwrite,
-            progress=progress, on_failure=on_failure, strategy=strategy,
+            progress=progress, on_failure=on_failure, strategy=strategy, runner=runner,
         )
 
 
@@ -187,6 +191,7 @@ def _write_features(
     progress: bool,
     on_failure: FailureHandler | None,
     strategy: Any,
+    runner: RunnerFactory | None = None,
 ) -> ExtractSummary:
     """`write_features` for an output that the caller has already checked."""
     import numpy as np
@@ -217,9 +222,11 @@ def _write_features(
 
     todo = _listable(paths, fail)
     started = time.perf_counter()
-    batches = cast("Generator[Batch, None, None]", predict_paths(
-        todo, loaded, batch_size=batch_size, resize=resize, progress=progress,
-        on_failure=fail, model=feature_model, strategy=strategy, desc="extract"))
+    run = runner(loaded) if runner else functools.partial(
+        predict_paths, loaded=loaded, model=feature_model, strategy=strategy)
+    batches = cast("Generator[Batch, None, None]", run(
+        todo, batch_size=batch_size, resize=resize, progress=progress, on_failure=fail,
+        desc="extract"))
     with feature_writer(output, row_shape=row_shape, dtype=out_dtype, capacity=len(todo),
                         overwrite=overwrite) as writer, contextlib.closing(batches):
         _write_rows(batches, writer, l2_normalize=l2_normalize)

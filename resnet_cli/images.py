@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, TextIO
 
 from resnet_cli.errors import ImageError, NoInputsError
+from resnet_cli.remote import is_url
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,6 +52,9 @@ def collect_inputs(
 ) -> list[str]:
     """Expand files, directories, glob patterns and `-` (paths on stdin) into a list of paths.
 
+    URLs (`s3://bucket/prefix/`, `gs://b/*.jpg`, `https://...`) are expanded the same way,
+    remotely (see `remote.expand_url`).
+
     Explicit files are kept whatever their extension (content decides later); directories
     contribute their image files, chosen by extension. A path that does not exist stays in the
     list, so it is reported as a failed input in its place. A folder or pattern that yields no
@@ -66,7 +70,15 @@ def collect_inputs(
             paths.extend(line.strip() for line in source if line.strip())
             continue
         path = Path(arg)
-        if path.is_dir():
+        if is_url(arg):  # s3://, gs://, https://...: a prefix or pattern is listed remotely
+            from resnet_cli.remote import expand_url
+
+            listed = expand_url(arg, recursive=recursive, extensions=IMAGE_EXTENSIONS)
+            if listed is None:
+                paths.append(arg)
+                continue
+            found = listed
+        elif path.is_dir():
             found = _images_in_dir(path, recursive=recursive)
         elif not path.exists() and _GLOB_CHARS & set(arg):
             found = []
@@ -134,11 +146,15 @@ def open_regular_file(path: str) -> IO[bytes]:
 
 
 def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) -> np.ndarray:
-    """Read `path` and return a (size, size, 3) uint8 RGB array.
+    """Read `path` (or a URL: `remote.read_url`) and return a (size, size, 3) uint8 RGB array.
 
     Raises:
         ImageError: the file is missing, unreadable, not an image, or too large to decode safely.
     """
+    if is_url(path):
+        from resnet_cli.remote import read_url
+
+        return decode_image(read_url(path), name=path, size=size, resize=resize)
     return _decode(lambda: open_regular_file(path), path, size=size, resize=resize)
 
 

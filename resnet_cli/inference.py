@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from resnet_cli.errors import ImageError
 from resnet_cli.folding import fold_batch_norm
@@ -38,6 +38,22 @@ if TYPE_CHECKING:
     import numpy as np
 
 PREFETCH_BATCHES = 2
+
+
+class BatchRunner(Protocol):
+    """Something that runs a model over paths as `predict_paths` does (in input order, failures
+    to `on_failure`): a local predictor, or a cluster (`cluster.ray_runner`)."""
+
+    def __call__(self, paths: Sequence[str], *, batch_size: int,
+                 resize: ResizeMode | None = ..., progress: bool = ...,
+                 on_failure: FailureHandler | None = ..., desc: str = ...) -> Iterator[Batch]:
+        """Batches of `paths`' rows, in input order."""
+        ...
+
+
+RunnerFactory = Callable[[LoadedModel], BatchRunner]
+"""Makes the `BatchRunner` for a model loaded here (whose input size and outputs it runs)."""
+
 
 def fitted_batch_size(batch_size: int, count: int) -> int:
     """The batch size for `count` inputs: no larger than needed, since batches are padded to

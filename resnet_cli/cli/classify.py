@@ -16,9 +16,12 @@ from resnet_cli.cli.options import (
     ModelOpt,
     PrecisionOpt,
     QuietOpt,
+    RayActorsOpt,
+    RayOpt,
     RecursiveOpt,
     ResizeOpt,
     WeightsOpt,
+    ray_runner_for,
 )
 from resnet_cli.devices import Precision
 from resnet_cli.registry import DEFAULT_MODEL
@@ -61,6 +64,8 @@ def classify(
     recursive: RecursiveOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
+    ray: RayOpt = None,
+    ray_actors: RayActorsOpt = "1",
     quiet: QuietOpt = False,
 ) -> None:
     """Top-k ImageNet (or your finetuned model's) labels for each image.
@@ -78,10 +83,11 @@ def classify(
         paths = read_inputs(inputs, recursive=recursive)
         if output is not None:
             check_output_path(output)
-        loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
-                                         device=device, precision=precision.value),
-                            progress=not quiet)
+        options = ModelOptions(model=model, weights=weights, image_size=image_size,
+                               device=device, precision=precision.value)
+        loaded = load_model(options, progress=not quiet)
         results = classify_images(paths, loaded, top_k=top_k, batch_size=batch_size,
-                                  resize=resize, progress=not quiet, on_failure=failures)
+                                  resize=resize, progress=not quiet, on_failure=failures,
+                                  runner=ray_runner_for(ray, ray_actors, options))
         emit_classify(results, out_format, output)
     raise typer.Exit(failures.exit_code)

@@ -19,9 +19,12 @@ from resnet_cli.cli.options import (
     PoolingOpt,
     PrecisionOpt,
     QuietOpt,
+    RayActorsOpt,
+    RayOpt,
     RecursiveOpt,
     ResizeOpt,
     WeightsOpt,
+    ray_runner_for,
 )
 from resnet_cli.devices import Precision
 from resnet_cli.errors import ResnetCliError
@@ -66,6 +69,8 @@ def extract(
     recursive: RecursiveOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
+    ray: RayOpt = None,
+    ray_actors: RayActorsOpt = "1",
     quiet: QuietOpt = False,
 ) -> None:
     """Feature vectors (or maps) of images from the ResNet backbone, streamed to .npy/.npz.
@@ -85,14 +90,16 @@ def extract(
     with user_errors():
         check_feature_output(output, overwrite=overwrite)  # before reading stdin
         paths = read_inputs(inputs, recursive=recursive)
+        options = ModelOptions(model=model, weights=weights, image_size=image_size,
+                               device=device, precision=precision.value)
         summary = extract_features(
-            paths, output, options=ModelOptions(model=model, weights=weights,
-                                                image_size=image_size, device=device,
-                                                precision=precision.value),
+            paths, output, options=options,
             pooling=pooling.value if pooling is not None else None, layer=layer,
             batch_size=batch_size, resize=resize,
             l2_normalize=l2_normalize, dtype=dtype.value,
-            shard=shard, overwrite=overwrite, progress=not quiet, on_failure=failures)
+            shard=shard, overwrite=overwrite, progress=not quiet, on_failure=failures,
+            runner=ray_runner_for(ray, ray_actors, options,
+                                  (pooling.value if pooling is not None else None, layer)))
     if not quiet:
         make_console(stderr=True).print(extract_line(summary), markup=False, highlight=False)
     raise typer.Exit(failures.exit_code)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,10 @@ from resnet_cli.errors import ResnetCliError
 from resnet_cli.images import ResizeMode
 from resnet_cli.models import Pooling
 from resnet_cli.registry import MODEL_NAMES, get_spec
+
+if TYPE_CHECKING:
+    from resnet_cli.inference import RunnerFactory
+    from resnet_cli.models import ModelOptions
 
 
 def _check_model(value: str) -> str:
@@ -110,3 +114,42 @@ DataDirArg = Annotated[Path, typer.Argument(
     help="Folder with one sub-folder of images per class (data/cat/*.jpg, data/dog/*.jpg).")]
 
 
+
+
+def _check_ray_address(value: str | None) -> str | None:
+    import re
+
+    if value is None or value in ("auto", "local") or re.fullmatch(r"ray://[^\s/]+:\d+", value):
+        return value
+    raise typer.BadParameter(f"'{value}' is not auto, local or ray://HOST:PORT.")
+
+
+def _check_ray_actors(value: str) -> str:
+    from resnet_cli.cluster import parse_ray_actors
+
+    try:
+        parse_ray_actors(value)
+    except ResnetCliError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="auto|local|ray://HOST:PORT", callback=_check_ray_address,
+    help="Run on a Ray cluster: auto joins the one RAY_ADDRESS or `ray start` names, local "
+         "starts one on this machine. Same outputs, in the same order. Needs resnet[ray].")]
+RayActorsOpt = Annotated[str, typer.Option(
+    "--ray-actors", metavar="MIN[:MAX]", callback=_check_ray_actors,
+    help="With --ray: model actors (each loads the model once; 1 CPU, or 1 GPU with a GPU "
+         "device). MAX defaults to what the cluster holds, leaving a CPU for reading.")]
+
+
+def ray_runner_for(address: str | None, actors: str, options: ModelOptions,
+                features: tuple[str | None, str | None] | None = None
+                ) -> RunnerFactory | None:
+    """With --ray, what runs the model on the cluster (None: here)."""
+    if address is None:
+        return None
+    from resnet_cli.cluster import ray_runner
+
+    return ray_runner(address, actors, options, features=features)
