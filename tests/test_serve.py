@@ -1,9 +1,8 @@
 """`resnet serve`: a real server process on a free loopback port, real HTTP requests.
 
 One server (a tiny ResNet50 at 64 px, weights written by the test) answers the endpoint,
-protocol, error and browser tests; a second one, whose queue never fills a batch by itself,
-is stopped with SIGTERM while requests wait in it. Answers are compared with
-`resnet classify` on the same files and the same weights.
+protocol, error, metrics and browser tests. Answers are compared with `resnet classify` on the
+same files and the same weights.
 """
 
 from __future__ import annotations
@@ -11,17 +10,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,71 +22,8 @@ import requests
 from typer.testing import CliRunner
 
 from resnet_cli.cli import app
-from tests.conftest import SAMPLE_IMAGES, TINY
-
-CHELSEA = SAMPLE_IMAGES / "chelsea.jpg"
-COFFEE = SAMPLE_IMAGES / "coffee.jpg"
-STARTUP_S = 180
-
-
-@dataclass
-class Server:
-    """A `resnet serve` process and what it wrote on stderr."""
-
-    process: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-    url: str = ""
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_S
-        while not self.url:
-            self._check_alive(deadline)
-            for line in list(self.lines):
-                found = re.search(r"listening on (http://\S+);", line)
-                if found:
-                    self.url = found.group(1)
-        while True:
-            self._check_alive(deadline)
-            try:
-                if requests.get(self.url + "/v2/health/ready", timeout=5).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-
-    def _check_alive(self, deadline: float) -> None:
-        assert self.process.poll() is None, "server died:\n" + "".join(self.lines)
-        assert time.monotonic() < deadline, "server not ready:\n" + "".join(self.lines)
-        time.sleep(0.1)
-
-    def metric(self, name: str, **labels: str) -> float:
-        text = requests.get(self.url + "/metrics", timeout=10).text
-        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        pattern = "^" + re.escape(name + (f"{{{want}}}" if want else "")) + r" (\S+)$"
-        found = re.search(pattern, text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
-
-
-def start_server(weights: Path, *extra: str) -> Server:
-    command = [sys.executable, "-m", "resnet_cli", "serve", "--weights", str(weights),
-               "--image-size", str(TINY), "--port", "0", "--device", "cpu", *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                               text=True, env=env)
-    server = Server(process)
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            server.lines.append(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return server
-
-
-def stop(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.wait(30)
+from tests.conftest import TINY
+from tests.serve_process import CHELSEA, COFFEE, Server, start_server, stop
 
 
 @pytest.fixture(scope="module")
@@ -370,40 +299,6 @@ def test_metrics_count_requests_batches_and_no_retracing(server: Server) -> None
     assert any(re.search(r'"POST /v1/classify" 200 [\d.]+ms', line) for line in server.lines)
 
 
-def test_batcher_pads_to_the_next_compiled_size_and_never_retraces(weights: Path) -> None:
-    from resnet_cli.inference import make_predictor
-    from resnet_cli.models import ModelOptions, load_model
-    from resnet_cli.serve.batching import Batcher, QueueFullError, batch_sizes
-
-    assert batch_sizes(32) == (1, 2, 4, 8, 16, 32) and batch_sizes(6) == (1, 2, 4, 6)
-    loaded = load_model(ModelOptions(weights=str(weights), image_size=TINY, device="cpu"))
-    predictors = {size: make_predictor(loaded, size) for size in batch_sizes(4)}
-    images = np.stack([pixels(CHELSEA), pixels(COFFEE), pixels(CHELSEA), pixels(COFFEE),
-                       pixels(CHELSEA)])
-    alone = predictors[1](images[:1])[0]
-    for predictor in predictors.values():
-        predictor(images[:1])
-    batches: list[tuple[int, int]] = []
-    batcher = Batcher(predictors, timeout=2.0, max_queue=8,
-                      on_batch=lambda n, size: batches.append((n, size)))
-    try:
-        first, second = batcher.submit(images[:2]), batcher.submit(images[2:3])
-        rows = first.result(60)
-        assert second.result(60).shape == (1, 1000)
-        assert batches == [(3, 4)]  # waited for company, then padded 3 to 4
-        np.testing.assert_allclose(rows[0], alone, rtol=1e-5, atol=1e-7)
-        started = time.monotonic()
-        batcher.hurry()  # from now on, no waiting: 5 images run as 4 + 1
-        assert batcher.submit(images).result(60).shape == (5, 1000)
-        assert batches[1:] == [(4, 4), (1, 1)] and time.monotonic() - started < 30
-        with batcher.admit(8), pytest.raises(QueueFullError), batcher.admit(1):
-            pass
-        assert batcher.pending == 0
-        assert [p.trace_count for p in predictors.values()] == [1, 1, 1]  # type: ignore[attr-defined]
-    finally:
-        batcher.stop()
-
-
 # ----- the page, in a real browser ---------------------------------------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -458,64 +353,3 @@ def test_page_in_chromium_shows_what_resnet_classify_says(server: Server, classi
         finally:
             browser.close()
     assert elsewhere == []
-
-
-# ----- lifecycle --------------------------------------------------------------------------
-
-def test_sigterm_answers_every_accepted_request_then_exits_0(weights: Path) -> None:
-    # Batches of up to 8 that wait 60 s for company, and room for 4 images: the 4 requests
-    # below wait in the queue until the signal, the fifth finds it full.
-    waiting = start_server(weights, "--max-batch-size", "8", "--batch-timeout-ms", "60000",
-                           "--max-queue", "4", "--no-explain")
-    try:
-        waiting.wait_ready()
-
-        def classify(path: Path) -> requests.Response:
-            return requests.post(waiting.url + "/v1/classify", data=path.read_bytes(),
-                                 timeout=60)
-
-        with ThreadPoolExecutor(4) as pool:
-            answers = [pool.submit(classify, p) for p in (CHELSEA, COFFEE, CHELSEA, COFFEE)]
-            deadline = time.monotonic() + 60
-            while waiting.metric("resnet_queue_depth") < 4:
-                assert time.monotonic() < deadline and not any(a.done() for a in answers)
-                time.sleep(0.05)
-            full = classify(CHELSEA)
-            assert full.status_code == 503 and full.headers["Retry-After"] == "1"
-            stopped = time.monotonic()
-            waiting.process.send_signal(signal.SIGTERM)
-            results = [a.result(60) for a in answers]
-        assert [r.status_code for r in results] == [200] * 4
-        assert [r.json()[0]["predictions"][0]["index"] for r in results[:2]] == \
-            [r.json()[0]["predictions"][0]["index"] for r in results[2:]]
-        assert waiting.process.wait(30) == 0
-        assert time.monotonic() - stopped < 10
-        text = "".join(waiting.lines)
-        assert "stopping: answering 4 queued images" in text
-        assert "stopped: every accepted request was answered" in text
-        assert "Traceback" not in text
-    finally:
-        stop(waiting)
-
-
-def test_serve_without_its_extra_names_the_install(tmp_path: Path) -> None:
-    script = ("import sys; sys.modules['uvicorn'] = None\n"
-              "from resnet_cli.cli import app\n"
-              "app(['serve', '--weights', 'none'], prog_name='resnet')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=False)
-    assert done.returncode == 2
-    assert done.stderr.strip() == "error: resnet serve needs uvicorn: pip install 'resnet[serve]'"
-
-
-def test_serve_help_imports_no_server_library() -> None:
-    script = ("import sys\nfrom resnet_cli.cli import app\n"
-              "try:\n    app(['serve', '--help'], prog_name='resnet')\n"
-              "except SystemExit:\n    pass\n"
-              "print([m for m in ('starlette', 'uvicorn', 'prometheus_client', 'tensorflow')"
-              " if m in sys.modules])\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
-    assert "--max-batch-size" in done.stdout

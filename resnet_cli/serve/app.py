@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from importlib import resources
@@ -224,10 +224,12 @@ class _Routes:
 
         decoded = await self.service.decode([Upload(f"{name}[{i}]", data)
                                              for i, data in enumerate(files)])
+        arrays = []
         for image in decoded:
             if isinstance(image, ImageError):
                 raise Problem(400, f"{image.path}: {image.reason}")
-        return np.stack(decoded)
+            arrays.append(image)
+        return np.stack(arrays)
 
     # ----- shared checks ------------------------------------------------------------------
 
@@ -348,7 +350,7 @@ async def _drain(stream: AsyncIterator[bytes]) -> None:
 async def _form_files(request: Request, body: bytes) -> list[Upload]:
     from starlette.formparsers import MultiPartException, MultiPartParser
 
-    async def replay() -> AsyncIterator[bytes]:
+    async def replay() -> AsyncGenerator[bytes, None]:
         yield body
         yield b""
 

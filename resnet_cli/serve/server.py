@@ -83,7 +83,7 @@ def _make_server(app: Any, *, on_stop: Callable[[], None]) -> Any:
     process exits 0), a second one exits at once."""
     import uvicorn
 
-    class Server(uvicorn.Server):  # type: ignore[misc]
+    class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.should_exit:
                 sys.stderr.write("second signal: exiting now\n")
