@@ -244,6 +244,51 @@ def sigterm_run(weights: Path, photos: list[bytes], clients: int) -> dict[str, o
             "refused_after_signal": len(errors)}
 
 
+def throughput(args: argparse.Namespace, url: str, naive_port: int, loaded: object,
+               files: list[str], photos: list[bytes], expected: list[int]) -> dict[str, object]:
+    """classify, the server and the naive server in interleaved rounds; median ratios."""
+    rates: dict[str, list[float]] = {"classify": [], "serve": [], "naive": []}
+    tails = []
+    for _ in range(args.rounds):
+        rates["classify"].append(classify_rate(loaded, files))
+        seconds, latencies, answers = load(url + "/v1/classify", photos, args.clients,
+                                           headers={"Content-Type": "image/jpeg"})
+        assert all(a.status_code == 200 for a in answers)
+        assert [a.json()[0]["predictions"][0]["index"] for a in answers] == expected
+        rates["serve"].append(len(photos) / seconds)
+        tails.append(np.percentile(latencies, 99) / statistics.median(latencies))
+        seconds, _, answers = load(f"http://127.0.0.1:{naive_port}/", photos, args.clients)
+        assert [a.json()["index"] for a in answers] == expected
+        rates["naive"].append(len(photos) / seconds)
+    return {
+        "images_per_s": {k: [round(v, 2) for v in vs] for k, vs in rates.items()},
+        "serve_over_classify": round(statistics.median(
+            s / c for s, c in zip(rates["serve"], rates["classify"], strict=True)), 3),
+        "serve_over_naive": round(statistics.median(
+            s / n for s, n in zip(rates["serve"], rates["naive"], strict=True)), 3),
+        "p99_over_median_16_clients": round(statistics.median(tails), 2)}
+
+
+def latency(url: str, photos: list[bytes], loaded: object) -> dict[str, object]:
+    """One client's median latency against decoding plus the model at batch 1, in-process."""
+    from resnet_cli.images import decode_image
+    from resnet_cli.inference import make_predictor
+
+    _, latencies, _ = load(url + "/v1/classify", photos, 1,
+                           headers={"Content-Type": "image/jpeg"})
+    alone = make_predictor(loaded, 1)  # type: ignore[arg-type]
+    alone(decode_image(photos[0], name="x", size=SIZE)[None])  # traced before timing
+    direct = []
+    for data in photos:
+        started = time.perf_counter()
+        alone(decode_image(data, name="x", size=SIZE)[None])
+        direct.append(time.perf_counter() - started)
+    return {"latency_1_client_ms": round(1000 * statistics.median(latencies), 1),
+            "decode_plus_model_batch_1_ms": round(1000 * statistics.median(direct), 1),
+            "latency_over_direct": round(statistics.median(latencies)
+                                         / statistics.median(direct), 3)}
+
+
 # ----- main -------------------------------------------------------------------------------
 
 def main() -> None:
@@ -263,8 +308,6 @@ def run(args: argparse.Namespace, work: Path) -> None:
     import keras
 
     from resnet_cli.classify import classify_images
-    from resnet_cli.images import decode_image
-    from resnet_cli.inference import make_predictor
     from resnet_cli.models import ModelOptions, load_model
     from resnet_cli.photos import synthesize_photos
 
@@ -284,40 +327,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     report: dict[str, object] = {"load_average_at_start": os.getloadavg()}
     try:
         rss_ready = rss_mb(server.pid)
-        rates: dict[str, list[float]] = {"classify": [], "serve": [], "naive": []}
-        tails = []
-        for _ in range(args.rounds):
-            rates["classify"].append(classify_rate(loaded, files))
-            seconds, latencies, answers = load(url + "/v1/classify", photos, args.clients,
-                                               headers={"Content-Type": "image/jpeg"})
-            assert all(a.status_code == 200 for a in answers)
-            assert [a.json()[0]["predictions"][0]["index"] for a in answers] == expected
-            rates["serve"].append(len(photos) / seconds)
-            tails.append(np.percentile(latencies, 99) / statistics.median(latencies))
-            seconds, _, answers = load(f"http://127.0.0.1:{naive_port}/", photos, args.clients)
-            assert [a.json()["index"] for a in answers] == expected
-            rates["naive"].append(len(photos) / seconds)
-        report["images_per_s"] = {k: [round(v, 2) for v in vs] for k, vs in rates.items()}
-        report["serve_over_classify"] = round(statistics.median(
-            s / c for s, c in zip(rates["serve"], rates["classify"], strict=True)), 3)
-        report["serve_over_naive"] = round(statistics.median(
-            s / n for s, n in zip(rates["serve"], rates["naive"], strict=True)), 3)
-        report["p99_over_median_16_clients"] = round(statistics.median(tails), 2)
-
-        one = photos[: args.latency_requests]
-        _, latencies, _ = load(url + "/v1/classify", one, 1,
-                               headers={"Content-Type": "image/jpeg"})
-        alone = make_predictor(loaded, 1)
-        direct = []
-        for data in one:
-            started = time.perf_counter()
-            alone(decode_image(data, name="x", size=SIZE)[None])
-            direct.append(time.perf_counter() - started)
-        report["latency_1_client_ms"] = round(1000 * statistics.median(latencies), 1)
-        report["decode_plus_model_batch_1_ms"] = round(1000 * statistics.median(direct), 1)
-        report["latency_over_direct"] = round(statistics.median(latencies)
-                                              / statistics.median(direct), 3)
-
+        report.update(throughput(args, url, naive_port, loaded, files, photos, expected))
+        report.update(latency(url, photos[: args.latency_requests], loaded))
         report["hostile"] = hostile_run(url, photos, expected, work, args.hostile,
                                         args.clients)
         report["server_up_after_hostile"] = requests.get(url + "/v2/health/live",

@@ -110,11 +110,11 @@ class _Routes:
     async def page(self, request: Request) -> Response:
         from starlette.responses import HTMLResponse
 
+        self._check_ready()  # (the page shows facts known once warmed up)
         if self._page is None:
             html = resources.files("resnet_cli.serve").joinpath("page.html").read_text("utf-8")
             facts = json.dumps(model_facts(self.service)).replace("<", "\\u003c")
             self._page = html.replace("/*MODEL*/null", facts).encode("utf-8")
-        self._check_ready()
         return HTMLResponse(self._page, headers={"Cache-Control": "no-store",
                                                  "Content-Security-Policy": PAGE_POLICY})
 

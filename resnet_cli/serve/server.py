@@ -58,11 +58,13 @@ def serve(loaded: Any, options: ServeOptions, *, say: Say, log: Say | None) -> N
 
     say(f"listening on {address}; warming up {service.name} "
         f"(batch sizes {', '.join(map(str, service.sizes))})")
-    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+    warming = threading.Thread(target=warm_up, name="warm-up", daemon=True)
+    warming.start()
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        warming.join()  # stopped while warming up: let TensorFlow finish before exiting
         if service.ready.is_set():
             service.close()
     if failure:
@@ -130,8 +132,8 @@ def ready_line(service: ModelService, address: str, seconds: float) -> str:
     facts = model_facts(service)
     what = (f"{facts['classes']} classes" if facts["classes"] is not None else
             f"features {tuple(facts['output_shape'])}")
-    return (f"ready in {seconds:.1f} s: {address}/ serves {service.name} = {facts['source']} "
-            f"({facts['base_model']}, {facts['image_size']}x{facts['image_size']} "
-            f"{facts['resize']}, {facts['preprocess_mode']} preprocessing, {what}, "
+    return (f"ready in {seconds:.1f} s at {address}/ : {service.name} = {facts['source']} "
+            f"[card: {facts['base_model']}, {facts['image_size']}x{facts['image_size']} "
+            f"{facts['resize']}, {facts['preprocess_mode']} preprocessing, {what}] "
             f"{facts['runtime']} {facts['precision']} on {facts['device']}; "
-            f"POST {address}/v1/classify, {address}/v2/models/{service.name}/infer)")
+            f"POST /v1/classify or /v2/models/{service.name}/infer")

@@ -4,8 +4,9 @@ answers as plain data.
 `ModelService.warm_up` compiles the model for every batch size of `batching.batch_sizes` (and
 the Grad-CAM step of `resnet explain` at batch 1, for a Keras classifier) and runs each once,
 so nothing is traced while serving. Uploaded bytes are decoded by `images.decode_image`, the
-reader of every command, on a thread pool (at the lowest CPU priority when the model computes
-on the CPU, as in `inference.iter_batches`), never on the event loop.
+reader of every command, on a thread pool, never on the event loop: at the lowest CPU priority
+when the model computes on the CPU (as in `inference.iter_batches`), unless the request is alone
+in the server, with no model run to yield to.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ class ServeOptions:
     name: str | None = None
     resize: ResizeMode | None = None
     explain: bool = True
-    decode_workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class ModelService:
         self._predictors: list[Any] = []
         self._gradcam: GradCamPredictor | None = None
         self._decoder: ThreadPoolExecutor | None = None
+        self._alone: ThreadPoolExecutor | None = None
 
     @property
     def labels(self) -> tuple[Any, ...] | None:
@@ -128,10 +129,12 @@ class ModelService:
             self.output_shape = tuple(rows.shape[1:])
         self._predictors = list(predictors.values())
         shares_cpu = any(p.shares_cpu for p in self._predictors)
-        workers = self.options.decode_workers or min(4, os.cpu_count() or 1)
+        workers = min(4, os.cpu_count() or 1)
         self._decoder = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="decode",
             initializer=_lowest_priority if shares_cpu else None)
+        # A request alone in the server has no model to yield to: it decodes at normal priority.
+        self._alone = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode-alone")
         lock = threading.Lock()
         self.batcher = Batcher(predictors, timeout=self.options.batch_timeout_ms / 1000,
                                max_queue=self.options.max_queue, compute_lock=lock,
@@ -180,8 +183,9 @@ class ModelService:
         for batcher in (self.batcher, self.explainer):
             if batcher is not None:
                 batcher.stop()
-        if self._decoder is not None:
-            self._decoder.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._decoder, self._alone):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     @contextmanager
     def admit(self, count: int, *, explain: bool = False) -> Iterator[None]:
@@ -205,7 +209,8 @@ class ModelService:
                 self.metrics.decode_failures.inc()
                 return exc
 
-        return list(await asyncio.gather(*(loop.run_in_executor(self._decoder, read, upload)
+        pool = self._alone if self.pending <= len(uploads) else self._decoder
+        return list(await asyncio.gather(*(loop.run_in_executor(pool, read, upload)
                                            for upload in uploads)))
 
     async def predict(self, images: np.ndarray) -> np.ndarray:

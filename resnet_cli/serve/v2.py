@@ -276,13 +276,12 @@ def model_metadata(facts: dict[str, Any], *, labels: tuple[ClassLabel, ...] | No
                    ) -> dict[str, Any]:
     """`GET /v2/models/NAME`: the inputs and outputs, and the model's card and classes."""
     size = facts["image_size"]
-    output = "probabilities" if labels is not None else "features"
     return {
         "name": facts["name"], "versions": [MODEL_VERSION],
         "platform": f"resnet_cli_{facts['runtime']}",
         "inputs": [{"name": PIXELS_INPUT, "datatype": "UINT8", "shape": [-1, size, size, 3]},
                    {"name": FILES_INPUT, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": output, "datatype": "FP32",
+        "outputs": [{"name": output_name(labels), "datatype": "FP32",
                      "shape": [-1, *facts["output_shape"]]}],
         "card": facts,
         "labels": [label.name for label in labels] if labels is not None else None,
