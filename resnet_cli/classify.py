@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from resnet_cli.errors import UsageError
 from resnet_cli.images import ResizeMode
 from resnet_cli.inference import RunnerFactory, predict_paths
+from resnet_cli.labels import ClassLabel
 from resnet_cli.loaded import FailureHandler, LoadedModel
 from resnet_cli.results import ClassifyResult, Prediction
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_TOP_K = 5
 
@@ -34,8 +39,6 @@ def classify_images(
     Raises:
         UsageError: the model has no classifier, or `top_k` is out of range.
     """
-    import numpy as np
-
     labels = loaded.labels
     if labels is None:
         raise UsageError("classify needs a model with its classifier (drop --no-include-top).")
@@ -51,11 +54,16 @@ def classify_images(
             if position in batch.errors:
                 yield ClassifyResult(path=path, error=batch.errors[position].reason)
                 continue
-            probs = next(rows)
-            top = np.argpartition(-probs, top_k - 1)[:top_k]
-            top = top[np.argsort(-probs[top], kind="stable")]
-            yield ClassifyResult(path=path, predictions=tuple(
-                Prediction(rank=rank, index=int(i), wnid=labels[i].wnid, label=labels[i].name,
-                           probability=float(probs[i]))
-                for rank, i in enumerate(top, start=1)
-            ))
+            yield ClassifyResult(path=path, predictions=top_predictions(next(rows), labels,
+                                                                        top_k))
+
+
+def top_predictions(probs: np.ndarray, labels: Sequence[ClassLabel], top_k: int
+                    ) -> tuple[Prediction, ...]:
+    """The `top_k` classes of one row of probabilities, most probable first."""
+    import numpy as np
+
+    top = np.argpartition(-probs, top_k - 1)[:top_k]
+    top = top[np.argsort(-probs[top], kind="stable")]
+    return tuple(Prediction(rank=rank, index=int(i), wnid=labels[i].wnid, label=labels[i].name,
+                            probability=float(probs[i])) for rank, i in enumerate(top, start=1))

@@ -139,6 +139,24 @@ def explain_images(
             `target_class`, or a `layer` that is not an (h, w, C) layer of the backbone.
         ModelFileError: a model whose classifier head cannot be rebuilt around its backbone.
     """
+    predictor = grad_cam_predictor(loaded, target_class=target_class, top_k=top_k,
+                                   layer=layer, resize=resize,
+                                   batch_size=fitted_batch_size(batch_size, len(paths)))
+    setup, labels = predictor.setup, loaded.labels or ()  # (labels checked by it)
+    return setup, _iter_explanations(paths, loaded, labels, predictor, resize=setup.resize,
+                                     progress=progress, on_failure=on_failure)
+
+
+def grad_cam_predictor(loaded: LoadedModel, *, target_class: str | None = None,
+                       top_k: int = 1, layer: str | None = None,
+                       resize: ResizeMode | None = None, batch_size: int = 1
+                       ) -> GradCamPredictor:
+    """The Grad-CAM predictor of `explain_images` (its `setup` resolved and checked), for
+    callers that feed it decoded images themselves (`resnet serve`).
+
+    Raises:
+        UsageError / ModelFileError: as `explain_images`.
+    """
     loaded.keras_model("explain (gradients through its layers)")
     labels = loaded.labels
     if labels is None:
@@ -158,10 +176,7 @@ def explain_images(
     setup = ExplainSetup(layer=target.name, map_size=(h, w), class_index=class_index,
                          top_k=top_k, score="logit" if dense is not None else "probability",
                          resize=loaded.resize_or_own(resize))
-    predictor = GradCamPredictor(loaded, setup, fitted_batch_size(batch_size, len(paths)),
-                                 gradient_model, dense)
-    return setup, _iter_explanations(paths, loaded, labels, predictor, resize=setup.resize,
-                                     progress=progress, on_failure=on_failure)
+    return GradCamPredictor(loaded, setup, batch_size, gradient_model, dense)
 
 
 def _iter_explanations(paths: Sequence[str], loaded: LoadedModel,

@@ -228,7 +228,7 @@ def iter_batches(
     workers = workers or min(4, os.cpu_count() or 1)
     pending: deque[tuple[list[str], list[Future[np.ndarray]]]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode",
-                            initializer=_lowest_priority if yield_cpu else None) as pool, \
+                            initializer=lowest_priority if yield_cpu else None) as pool, \
             progress_bar(total=len(paths), desc=desc, enabled=progress and len(chunks) > 1,
                          unit="img") as bar:
         def submit(chunk: list[str]) -> None:
@@ -291,7 +291,7 @@ def _gather(chunk: list[str], futures: list[Future[np.ndarray]],
     return arrays, ok, errors
 
 
-def _lowest_priority() -> None:
+def lowest_priority() -> None:
     """Thread-pool initializer: give the calling thread the lowest CPU priority (nice 19).
 
     Linux keeps a nice value per thread; elsewhere the threads keep their priority.

@@ -19,9 +19,9 @@ from resnet_cli.backbones import build_feature_model
 from resnet_cli.cli import app
 from resnet_cli.cluster import parse_ray_actors, ray_runner
 from resnet_cli.errors import UsageError
+from resnet_cli.extras import require_module
 from resnet_cli.inference import predict_paths
 from resnet_cli.models import ModelOptions
-from resnet_cli.extras import require_module
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from resnet_cli import __version__
-from resnet_cli.cli import classify, explain, export, features, inspect, training
+from resnet_cli.cli import classify, explain, export, features, inspect, serve, training
 from resnet_cli.cli.messages import state
 from resnet_cli.errors import EXIT_USAGE
 
@@ -54,7 +54,7 @@ def main_options(
 
 for command in (classify.classify, explain.explain, features.extract, features.merge,
                 training.finetune, training.evaluate, inspect.summary, inspect.benchmark,
-                export.export):
+                export.export, serve.serve):
     app.command()(command)
 
 

@@ -177,12 +177,12 @@ def _drawing_thread() -> Iterator[_Drawer]:
     """A single drawing thread: matplotlib runs while TensorFlow (which releases the GIL)
     computes the next batch. Its errors surface in order; pending drawings are cancelled if
     the run stops early."""
-    from resnet_cli.inference import _lowest_priority
+    from resnet_cli.inference import lowest_priority
 
     # At the lowest priority, like the decode threads (see inference): a thread that takes a
     # core in the middle of a TensorFlow operation holds up all of its threads.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="draw",
-                            initializer=_lowest_priority) as pool:
+                            initializer=lowest_priority) as pool:
         drawer = _Drawer(pool)
         try:
             yield drawer
