@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from resnet_cli.errors import ModelFileError
+from resnet_cli.errors import ModelFileError, UsageError
 from resnet_cli.images import ResizeMode
+from resnet_cli.registry import ModelSpec, get_spec
 
 CARD_VERSION = 2
 CARD_KEY = "resnet_cli_card"  # in config.json, LiteRT metadata, ONNX props, SavedModel assets
@@ -64,6 +65,17 @@ class ModelCard:
     format: str = "keras"
     source: str = ""
     output_shape: tuple[int, ...] = ()
+
+    def spec(self, *, where: str) -> ModelSpec:
+        """The registry row of the variant the card names.
+
+        Raises:
+            ModelFileError: a variant this release does not know.
+        """
+        try:
+            return get_spec(self.base_model)
+        except UsageError as exc:
+            raise ModelFileError(f"{where}: its card names an unknown model: {exc}") from exc
 
     def replace(self, **changes: Any) -> ModelCard:
         """A copy with `changes`."""

@@ -49,6 +49,9 @@ class Pooling(str, Enum):
     max = "max"
     none = "none"  # the (h, w, C) map itself
 
+    def __str__(self) -> str:  # the value in messages and JSON, as a plain str would be
+        return str(self.value)
+
 
 @dataclass(frozen=True)
 class ModelOptions:
@@ -313,7 +316,7 @@ def load_saved_model(path: Path) -> LoadedModel:
         raise ModelFileError(f"Cannot load model {path}: {first_line(exc)}") from exc
     card = read_card_beside(path)
     if card is not None:
-        spec = _card_spec(card, path)
+        spec = card.spec(where=str(path))
     else:
         spec = _infer_spec(model)
         size = model.input_shape[1]
@@ -340,13 +343,6 @@ def load_saved_model(path: Path) -> LoadedModel:
                         and not names and len(labels) == spec.num_classes,
                         format="keras", source=str(path))
     return LoadedModel(spec=spec, card=card, model=model, labels=labels, source=str(path))
-
-
-def _card_spec(card: ModelCard, where: Path) -> ModelSpec:
-    try:
-        return get_spec(card.base_model)
-    except UsageError as exc:
-        raise ModelFileError(f"{where}: its card names an unknown model: {exc}") from exc
 
 
 def _infer_spec(model: Any) -> ModelSpec:

@@ -124,8 +124,9 @@ def summarize(options: ModelOptions, *, layers: bool = False, progress: bool = T
         UsageError / WeightsError / ModelFileError: from `models.load_model`.
     """
     from resnet_cli.backbones import load_network
+    from resnet_cli.runtimes import exported_runtime
 
-    if options.weights.strip().lower().endswith((".tflite", ".onnx")):
+    if exported_runtime(options.weights) is not None:
         raise UsageError(f"summary needs a Keras model; {options.weights} is an exported "
                          "file. Use the model it was exported from.")
     loaded, network = load_network(options, progress=progress)

@@ -139,6 +139,7 @@ def test_export_backbone_pools_avg_by_default_like_extract(runner, squash_run,  
     result = runner.invoke(app, ["extract", photo, "--weights", str(out), "--pooling", "max",
                                  "-o", str(tmp_path / "g.npy")])
     assert result.exit_code == 2 and "avg-pooled" in result.stderr, result.stderr
+    assert "--pooling max." in result.stderr  # the option as typed, not an enum's repr
 
 
 def test_class_folders_match_case_insensitively(runner, squash_run, tmp_path) -> None:  # type: ignore[no-untyped-def]

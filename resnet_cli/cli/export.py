@@ -70,7 +70,7 @@ def export(
         paths = collect_named_inputs(calibrate, recursive=recursive) if calibrate else None
         summary = export_model(
             ModelOptions(model=model, weights=weights, include_top=include_top,
-                         pooling=pooling.value if pooling is not None else None,
+                         pooling=pooling,
                          image_size=image_size, device=device),
             fmt, output, int8=int8, calibrate=paths, calibration_images=calibration_images,
             overwrite=overwrite, progress=not quiet, on_failure=failures)

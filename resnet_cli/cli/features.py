@@ -94,12 +94,12 @@ def extract(
                                device=device, precision=precision.value)
         summary = extract_features(
             paths, output, options=options,
-            pooling=pooling.value if pooling is not None else None, layer=layer,
+            pooling=pooling, layer=layer,
             batch_size=batch_size, resize=resize,
             l2_normalize=l2_normalize, dtype=dtype.value,
             shard=shard, overwrite=overwrite, progress=not quiet, on_failure=failures,
             runner=ray_runner_for(ray, ray_actors, options,
-                                  (pooling.value if pooling is not None else None, layer)))
+                                  (pooling, layer)))
     if not quiet:
         make_console(stderr=True).print(extract_line(summary), markup=False, highlight=False)
     raise typer.Exit(failures.exit_code)

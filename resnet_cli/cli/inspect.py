@@ -54,7 +54,7 @@ def summary(
 
     with user_errors():
         result = summarize(ModelOptions(model=model, weights=weights, include_top=include_top,
-                                        pooling=pooling.value if pooling is not None else None,
+                                        pooling=pooling,
                          image_size=image_size, device=device),
                            layers=layers, progress=not quiet)
     emit(result, render_summary, as_json=fmt is ReportFormat.json)

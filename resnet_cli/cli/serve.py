@@ -88,7 +88,7 @@ def serve(
                                explain=explain)
         loaded, network = load_served(ModelOptions(
             model=model, weights=weights, image_size=image_size, include_top=include_top,
-            pooling=pooling.value if pooling is not None else None, device=device,
+            pooling=pooling, device=device,
             precision=precision.value), progress=not quiet)
         run_server(loaded, options, say=_line, log=None if quiet else _line, network=network)
     # Every accepted request is answered and nothing is left to write: skip the seconds that

@@ -30,7 +30,6 @@ def load_exported(path: Path) -> LoadedModel:
         ModelFileError: not a file of that format, or one without a resnet card.
     """
     from resnet_cli.labels import build_labels, load_imagenet_labels
-    from resnet_cli.registry import get_spec
 
     runtime = exported_runtime(str(path))
     exported: ExportedModel
@@ -45,10 +44,7 @@ def load_exported(path: Path) -> LoadedModel:
     else:
         raise ModelFileError(f"{path}: not an exported model (.tflite or .onnx).")
     card = exported.card
-    try:
-        spec = get_spec(card.base_model)
-    except UsageError as exc:
-        raise ModelFileError(f"{path}: its card names an unknown model: {exc}") from exc
+    spec = card.spec(where=str(path))
     if not card.include_top:
         labels = None
     elif card.imagenet_labels:
