@@ -25,13 +25,13 @@ from resnet_cli.images import ResizeMode
 from resnet_cli.registry import ModelSpec, get_spec
 
 CARD_VERSION = 2
-CARD_KEY = "resnet_cli_card"  # in config.json, LiteRT metadata, ONNX props, SavedModel assets
+CARD_KEY = "resnet_cli_card"  # config.json, LiteRT metadata, ONNX props, OpenVINO rt_info, ...
 CONFIG_FILENAME = "config.json"  # a finetune run's configuration, card included
 _LEGACY_KEYS = ("resnet_cli_export", "resnet_cli_model")  # versions 1 and 0
 CARD_KEYS = (CARD_KEY, *_LEGACY_KEYS)  # where a reader looks, newest first
 INPUT_NAME = "images"  # the exported files' input and output tensors
 OUTPUT_NAME = "outputs"
-FORMATS = ("keras", "saved_model", "litert", "onnx")
+FORMATS = ("keras", "saved_model", "litert", "onnx", "openvino")
 
 
 @dataclass(frozen=True)

@@ -264,19 +264,21 @@ def _load_weights(model: Any, path: Path, spec: ModelSpec) -> None:
 
 def _load_exported(weights: str, options: ModelOptions, request: DeviceRequest
                    ) -> LoadedModel:
-    """A file from `resnet export` (.tflite, .onnx): it runs on its own runtime, on the CPU,
-    and computes what it was exported for (the commands check it is what they need).
+    """A file from `resnet export` (.tflite, .onnx, .xml): it runs on its own runtime, on the
+    CPU, and computes what it was exported for (the commands check it is what they need).
 
     Raises:
-        UsageError: --device gpu or --precision bf16, which such a file cannot honour.
+        UsageError: --device gpu, or --precision bf16 on a file whose runtime cannot honour
+            it (only OpenVINO chooses its inference precision at load time).
     """
     path = existing_weights_file(weights)
+    runtime = exported_runtime(weights)
     if request.kind == "gpu":
-        raise UsageError(f"{path} runs on the CPU ({exported_runtime(weights)}); "
+        raise UsageError(f"{path} runs on the CPU ({runtime}); "
                          "drop --device gpu, or use the Keras model it was exported from.")
-    if options.precision != "fp32":
+    if options.precision != "fp32" and runtime != "openvino":
         raise UsageError(f"{path} runs at the precision it was exported with; drop --precision.")
-    return load_exported(path)
+    return load_exported(path, precision=options.precision)
 
 
 def existing_weights_file(weights: str) -> Path:

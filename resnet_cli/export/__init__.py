@@ -1,6 +1,7 @@
 """`resnet export`: the model, with its preprocessing inside, as a file other runtimes load.
 
-One module per format (`saved_model`, `litert`, `onnx`), what they share in `common`:
+One module per format (`saved_model`, `litert`, `onnx`, `openvino`), what they share in
+`common` (and the int8 formats' calibration images in `calibration`):
 the served model takes uint8 RGB images `(batch, size, size, 3)` and returns float32
 probabilities (or features for a backbone), and every file carries its card. Adding a format
 is adding a module, a suffix in `SUFFIXES`, a name in `ExportSummary.describe` and a branch
@@ -33,10 +34,12 @@ class ExportFormat(str, Enum):
     saved_model = "saved_model"
     litert = "litert"
     onnx = "onnx"
+    openvino = "openvino"
 
 
 SUFFIXES = {ExportFormat.saved_model: "", ExportFormat.litert: ".tflite",
-            ExportFormat.onnx: ".onnx"}
+            ExportFormat.onnx: ".onnx", ExportFormat.openvino: ".xml"}
+INT8_FORMATS = (ExportFormat.litert, ExportFormat.openvino)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class ExportSummary:
     def describe(self) -> str:
         """One line for stderr: what went where."""
         kind = {ExportFormat.saved_model: "SavedModel", ExportFormat.litert: "LiteRT",
-                ExportFormat.onnx: "ONNX"}[self.format]
+                ExportFormat.onnx: "ONNX", ExportFormat.openvino: "OpenVINO"}[self.format]
         out = "probabilities" if self.card.include_top else "features"
         shape = "x".join(str(d) for d in self.card.output_shape)
         return (f"{self.card.source} -> {self.path} ({kind} {self.card.precision}, uint8 "
@@ -66,13 +69,14 @@ def check_export_request(fmt: ExportFormat, output: Path, *, int8: bool,
     and the int8 options.
 
     Raises:
-        UsageError: --int8 outside LiteRT or without --calibrate; a wrong suffix.
+        UsageError: --int8 outside LiteRT and OpenVINO, or without --calibrate; a wrong
+            suffix.
         OutputError: the output exists (without `overwrite`) or cannot be written.
     """
     from resnet_cli.outputs import check_output_folder, check_output_path
 
-    if int8 and fmt is not ExportFormat.litert:
-        raise UsageError("--int8 is for --format litert only.")
+    if int8 and fmt not in INT8_FORMATS:
+        raise UsageError("--int8 is for --format litert and --format openvino only.")
     if int8 and not calibrate:
         raise UsageError("--int8 needs calibration images: add --calibrate with a few hundred "
                          "of your own images (files, folders or patterns).")
@@ -94,6 +98,8 @@ def check_export_request(fmt: ExportFormat, output: Path, *, int8: bool,
         check_output_folder(output)
     else:
         check_output_path(output, overwrite=overwrite)
+    if fmt is ExportFormat.openvino:
+        check_output_path(output.with_suffix(".bin"), overwrite=overwrite)
 
 
 def export_model(
@@ -147,6 +153,8 @@ def export_model(
         with atomic_dir(output, overwrite=overwrite) as tmp:
             writer(served, card, tmp)
         size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
+    elif fmt is ExportFormat.openvino:
+        size = _write_pair(writer, served, card, output, overwrite=overwrite)
     else:
         with atomic_path(output, overwrite=overwrite) as tmp:
             writer(served, card, tmp)
@@ -166,14 +174,43 @@ def _writer(fmt: ExportFormat, *, int8: bool, calibrate: list[str], calibration_
         from resnet_cli.export.onnx import write_onnx
 
         return write_onnx
-    from resnet_cli.export.litert import write_litert
+    if fmt is ExportFormat.openvino:
+        from resnet_cli.export.openvino import write_openvino as write_int8_capable
+    else:
+        from resnet_cli.export.litert import write_litert as write_int8_capable
 
     def write(served: Any, card: ModelCard, path: Path) -> None:
-        write_litert(served, card, path, int8=int8, calibration=calibrate,
-                     calibration_images=calibration_images, progress=progress,
-                     on_failure=on_failure)
+        write_int8_capable(served, card, path, int8=int8, calibration=calibrate,
+                           calibration_images=calibration_images, progress=progress,
+                           on_failure=on_failure)
 
     return write
+
+
+def _write_pair(writer: Callable[[Any, ModelCard, Path], None], served: Any, card: ModelCard,
+                output: Path, *, overwrite: bool) -> int:
+    """Write an OpenVINO IR (`output`, its `.bin` beside it) atomically; returns its size.
+
+    Both files are written under temporary names first; the `.bin` is renamed into place
+    before the `.xml`, which is what readers open, so an interrupted export leaves either the
+    old model or the new one readable (a new `.bin` beside an old `.xml` at worst for the
+    instant between the two renames).
+    """
+    import contextlib
+    import os
+
+    from resnet_cli.outputs import atomic_path, output_errors
+
+    weights = output.with_suffix(".bin")
+    with atomic_path(output, overwrite=overwrite) as tmp:
+        try:
+            writer(served, card, tmp)
+            with output_errors(weights):
+                os.replace(tmp.with_suffix(".bin"), weights)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.with_suffix(".bin").unlink(missing_ok=True)
+    return output.stat().st_size + weights.stat().st_size
 
 
 __all__ = ["ExportFormat", "ExportSummary", "check_export_request", "export_model"]

@@ -14,19 +14,19 @@ MediaPipe is installed (`pip install 'resnet[mediapipe]'`).
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from resnet_cli.card import CARD_KEY, ModelCard
-from resnet_cli.errors import ModelFileError, NoInputsError, UsageError
-from resnet_cli.images import ResizeMode
+from resnet_cli.errors import ModelFileError, NoInputsError
+from resnet_cli.export.calibration import (
+    DEFAULT_CALIBRATION_IMAGES,
+    calibration_sample,
+    iter_calibration_images,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CALIBRATION_IMAGES = 300
-
 
 def write_litert(served: Any, card: ModelCard, path: Path, *, int8: bool = False,
                  calibration: Sequence[str] = (), calibration_images: int =
@@ -72,9 +72,10 @@ def _convert(converter: Any, card: ModelCard, *, int8: bool, calibration: Sequen
     if int8:
         samples = calibration_sample(calibration, calibration_images)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative(
-            samples, size=card.image_size, resize=card.resize, progress=progress,
-            on_failure=on_failure)
+        converter.representative_dataset = lambda: (
+            [image] for image in iter_calibration_images(
+                samples, size=card.image_size, resize=card.resize, progress=progress,
+                on_failure=on_failure))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
@@ -89,54 +90,6 @@ def _convert(converter: Any, card: ModelCard, *, int8: bool, calibration: Sequen
         from resnet_cli.errors import first_line
 
         raise ModelFileError(f"LiteRT conversion failed: {first_line(exc)}") from exc
-
-
-def calibration_sample(inputs: Sequence[str], count: int, *, seed: int = 0) -> list[str]:
-    """A random sample of `count` of `inputs` (all of them when there are fewer), in a
-    reproducible order.
-
-    Raises:
-        UsageError: no calibration inputs, or a count below 1.
-    """
-    if count < 1:
-        raise UsageError(f"--calibration-images must be at least 1; got {count}.")
-    if not inputs:
-        raise UsageError("--int8 needs calibration images: add --calibrate with a few hundred "
-                         "of your own images (files, folders or patterns).")
-    paths = list(inputs)
-    if len(paths) > count:
-        paths = random.Random(seed).sample(paths, count)
-    return paths
-
-
-def _representative(paths: Sequence[str], *, size: int, resize: ResizeMode, progress: bool,
-                    on_failure: Callable[[Any], None] | None
-                    ) -> Callable[[], Iterator[list[Any]]]:
-    def generate() -> Iterator[list[Any]]:
-        from resnet_cli.errors import ImageError
-        from resnet_cli.images import load_image
-        from resnet_cli.progress import progress_bar
-
-        used = 0
-        with progress_bar(total=len(paths), desc="calibrating", enabled=progress,
-                          unit="img") as bar:
-            for path in paths:
-                try:
-                    image = load_image(path, size=size, resize=resize)
-                except ImageError as exc:
-                    if on_failure is not None:
-                        on_failure(exc)
-                    bar.update(1)
-                    continue
-                used += 1
-                yield [image[None]]
-                bar.update(1)
-        if not used:
-            raise NoInputsError(f"None of the {len(paths)} calibration inputs is a readable "
-                                "image.")
-        log.info("calibrated on %d images", used)
-
-    return generate
 
 
 def add_metadata(flat: bytes, entries: dict[str, bytes]) -> bytes:

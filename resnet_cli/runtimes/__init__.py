@@ -2,8 +2,9 @@
 interface (`inference.BatchPredictor`): uint8 batches in, float32 rows out.
 
 `litert` runs .tflite files on the `ai-edge-litert` interpreter, `onnx` runs .onnx files on
-onnxruntime. Each reads the file's card, so a command needs only the file; `load_exported`
-picks the runtime by suffix. This package reads exported files; `export` writes them, and
+onnxruntime, `openvino` runs OpenVINO IR (.xml + .bin) on OpenVINO's CPU plugin. Each reads
+the file's card, so a command needs only the file; `load_exported` picks the runtime by
+suffix. This package reads exported files; `export` writes them, and
 sits above it.
 """
 
@@ -14,17 +15,28 @@ from pathlib import Path
 from resnet_cli.errors import ModelFileError, UsageError
 from resnet_cli.loaded import ExportedModel, LoadedModel
 
-RUNTIMES = {".tflite": "litert", ".onnx": "onnx"}
+RUNTIMES = {".tflite": "litert", ".onnx": "onnx", ".xml": "openvino"}
 
 
 def exported_runtime(weights: str) -> str | None:
-    """The runtime that runs the `--weights` value `weights` ("litert", "onnx"), or None for
-    anything that is not an exported file."""
+    """The runtime that runs the `--weights` value `weights` ("litert", "onnx", "openvino"),
+    or None for anything that is not an exported file."""
     return RUNTIMES.get(Path(weights.strip()).suffix.lower())
 
 
-def load_exported(path: Path) -> LoadedModel:
+def exported_files(path: Path) -> list[Path]:
+    """Every file the exported model at `path` consists of (an OpenVINO IR's `.bin` beside its
+    `.xml`), `path` first: what must travel with it."""
+    return [path, path.with_suffix(".bin")] if exported_runtime(str(path)) == "openvino" \
+        else [path]
+
+
+def load_exported(path: Path, *, precision: str = "fp32") -> LoadedModel:
     """The exported file at `path`, open in its runtime, as a LoadedModel.
+
+    Args:
+        precision: `--precision`; only OpenVINO takes another than fp32 (see
+            `runtimes.openvino`).
 
     Raises:
         ModelFileError: not a file of that format, or one without a resnet card.
@@ -41,8 +53,12 @@ def load_exported(path: Path) -> LoadedModel:
         from resnet_cli.runtimes.onnx import load_onnx
 
         exported = load_onnx(path)
+    elif runtime == "openvino":
+        from resnet_cli.runtimes.openvino import load_openvino
+
+        exported = load_openvino(path, precision=precision)
     else:
-        raise ModelFileError(f"{path}: not an exported model (.tflite or .onnx).")
+        raise ModelFileError(f"{path}: not an exported model (.tflite, .onnx or .xml).")
     card = exported.card
     spec = card.spec(where=str(path))
     if not card.include_top:
