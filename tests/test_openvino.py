@@ -157,8 +157,7 @@ def test_precision_is_openvinos_inference_precision(ov_files, monkeypatch: pytes
     from resnet_cli.runtimes import openvino as runtime
 
     fp32 = load_model(ModelOptions(weights=str(ov_files["fp32"]), precision="fp32"))
-    make_predictor(fp32, 2)
-    compiled = fp32.exported._compiled[2]  # type: ignore[union-attr]
+    compiled = fp32.exported.compiled("LATENCY")  # type: ignore[union-attr]
     assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
     monkeypatch.setattr("resnet_cli.devices.cpu_supports_bf16", lambda: False)
     assert runtime.inference_precision("bf16") == "f32"
@@ -174,18 +173,21 @@ def test_precision_is_openvinos_inference_precision(ov_files, monkeypatch: pytes
     np.testing.assert_allclose(half.sum(1), 1, atol=2e-2)  # still probabilities
 
 
-def test_predictor_pads_short_batches_and_reuses_the_compiled_model(ov_files) -> None:  # type: ignore[no-untyped-def]
+def test_predictor_splits_batches_over_streams(ov_files) -> None:  # type: ignore[no-untyped-def]
     from resnet_cli.inference import make_predictor
     from resnet_cli.runtimes.openvino import OpenVINOPredictor
 
     loaded = load_model(ModelOptions(weights=str(ov_files["fp32"])))
-    predictor = make_predictor(loaded, 4)
+    single = make_predictor(loaded, 1)
+    predictor = make_predictor(loaded, 8)
     assert isinstance(predictor, OpenVINOPredictor) and predictor.shares_cpu
-    images = np.random.default_rng(1).integers(0, 256, (4, TINY, TINY, 3), dtype=np.uint8)
-    full = predictor(images)
-    np.testing.assert_allclose(predictor(images[:3]), full[:3], atol=1e-6)
-    make_predictor(loaded, 4)
-    assert list(loaded.exported._compiled) == [4]  # type: ignore[union-attr]
+    assert len(single._requests) == 1
+    images = np.random.default_rng(1).integers(0, 256, (8, TINY, TINY, 3), dtype=np.uint8)
+    one_by_one = np.concatenate([single(images[i:i + 1]) for i in range(8)])
+    for count in (8, 5, 1):  # a full batch, a short one, one image: rows in input order
+        np.testing.assert_allclose(predictor(images[:count]), one_by_one[:count], atol=1e-5)
+    make_predictor(loaded, 8)
+    assert set(loaded.exported._compiled) <= {"LATENCY", "THROUGHPUT"}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("damage", ["corrupt_xml", "missing_bin", "no_card"])

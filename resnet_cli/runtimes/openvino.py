@@ -1,12 +1,15 @@
 """OpenVINO IR (.xml + .bin) files on OpenVINO's CPU plugin (`pip install 'resnet[openvino]'`).
 
-The model is compiled once per predictor batch size with a static batch (short batches are
-padded, as the other predictors do) and the LATENCY hint: one inference request over every
-core this process may use. That is what a batch pipeline and serve's batching thread both run,
-one batch after another; the THROUGHPUT hint's streams only pay with several requests in
-flight (`benchmarks/openvino_speed.py` measures both). `--precision` is OpenVINO's inference
-precision: `fp32` forces f32 (OpenVINO would pick bf16 on its own on CPUs with AMX), `bf16`
-asks for bf16 where the CPU has it and warns and runs f32 elsewhere, as the Keras path does.
+The batch axis stays dynamic (measured: no slower than a static batch, and nothing to pad).
+How a batch runs is OpenVINO's performance hint, chosen by measurement
+(`benchmarks/openvino_speed.py`): a batch of several images is split over the streams of the
+THROUGHPUT hint, one inference request each, all in flight at once (1.56x the LATENCY hint's
+one request for int8 at batch 32 on 2 cores); a batch too small to split runs as one LATENCY
+request on every core this process may use (a single image: 39 against 56 ms). A pipeline
+and serve's batching thread both run batches one after another, so both get this.
+`--precision` is OpenVINO's inference precision: `fp32` forces f32 (OpenVINO would pick bf16
+on its own on CPUs with AMX), `bf16` asks for bf16 where the CPU has it and warns and runs f32
+elsewhere, as the Keras path does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MIN_STREAM_IMAGES = 2  # a stream gets at least this many images of a batch, or none is split
+
 
 @dataclass
 class OpenVINOModel:
@@ -35,31 +40,29 @@ class OpenVINOModel:
     card: ModelCard
     precision: str  # OpenVINO's inference precision: "f32" or "bf16"
     runtime: str = "openvino"
-    # Compiled models by batch size: a second predictor reuses one.
-    _compiled: dict[int, Any] = field(default_factory=dict, repr=False)
+    # Compiled models by performance hint: every predictor shares them.
+    _compiled: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def predictor(self, batch_size: int) -> OpenVINOPredictor:
         """A predictor over this model at `batch_size`."""
         return OpenVINOPredictor(self, batch_size)
 
-    def compiled(self, batch_size: int) -> Any:
-        """The model compiled for the CPU at a static `batch_size`."""
-        if batch_size not in self._compiled:
+    def compiled(self, hint: str) -> Any:
+        """The model compiled for the CPU with the performance hint `hint` (LATENCY or
+        THROUGHPUT), once."""
+        if hint not in self._compiled:
             import openvino as ov
 
             from resnet_cli.devices import runtime_threads
 
-            model = self.model.clone()
-            size = self.card.image_size
-            model.reshape({model.inputs[0]: ov.PartialShape([batch_size, size, size, 3])})
-            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision,
+            config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.precision,
                       "INFERENCE_NUM_THREADS": runtime_threads()}
             try:
-                self._compiled[batch_size] = ov.Core().compile_model(model, "CPU", config)
+                self._compiled[hint] = ov.Core().compile_model(self.model, "CPU", config)
             except RuntimeError as exc:
                 raise ModelFileError(f"{self.path}: OpenVINO cannot compile it: "
                                      f"{first_line(exc)}") from exc
-        return self._compiled[batch_size]
+        return self._compiled[hint]
 
 
 def load_openvino(path: Path, *, precision: str = "fp32") -> OpenVINOModel:
@@ -87,15 +90,20 @@ def load_openvino(path: Path, *, precision: str = "fp32") -> OpenVINOModel:
         card = find_card({CARD_KEY: model.get_rt_info([CARD_KEY]).astype(str)}, where=str(path))
     if card is None:
         raise ModelFileError(f"{path} has no resnet card: export it with `resnet export`.")
-    inputs = model.inputs
-    shape = inputs[0].get_partial_shape() if len(inputs) == 1 else None
-    if shape is None or inputs[0].get_element_type() != ov.Type.u8 or shape.rank.get_length() != 4 \
-            or [d.get_length() if d.is_static else None for d in shape][1:] != \
-            [card.image_size, card.image_size, 3]:
+    port = model.inputs[0] if len(model.inputs) == 1 else None
+    if port is None or port.get_element_type() != ov.Type.u8 or \
+            _dims(port.get_partial_shape())[1:] != [card.image_size, card.image_size, 3]:
         raise ModelFileError(f"{path}: its input is not uint8 (batch, {card.image_size}, "
                              f"{card.image_size}, 3) as its card says.")
     return OpenVINOModel(path=path, model=model, card=card.replace(format="openvino"),
                          precision=inference_precision(precision))
+
+
+def _dims(shape: Any) -> list[int | None]:
+    """An OpenVINO PartialShape as a list (None for a dynamic axis; empty for dynamic rank)."""
+    if shape.rank.is_dynamic:
+        return []
+    return [d.get_length() if d.is_static else None for d in shape]
 
 
 def inference_precision(precision: str) -> str:
@@ -113,23 +121,31 @@ def inference_precision(precision: str) -> str:
 
 
 class OpenVINOPredictor:
-    """An exported OpenVINO model as a `BatchPredictor`, at a fixed batch size."""
+    """An exported OpenVINO model as a `BatchPredictor`: a batch split over the THROUGHPUT
+    hint's streams, or one LATENCY request when it is too small to split."""
 
     def __init__(self, model: OpenVINOModel, batch_size: int) -> None:
         self.batch_size = batch_size
         self.shares_cpu = True
-        self._size = model.card.image_size
-        self._request = model.compiled(batch_size).create_infer_request()
+        streams = 1
+        if batch_size >= 2 * MIN_STREAM_IMAGES:
+            compiled = model.compiled("THROUGHPUT")
+            streams = min(int(compiled.get_property("NUM_STREAMS")),
+                          batch_size // MIN_STREAM_IMAGES)
+        if streams < 2:
+            compiled = model.compiled("LATENCY")
+            streams = 1
+        self._requests = [compiled.create_infer_request() for _ in range(streams)]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Rows for up to `batch_size` uint8 images (n, size, size, 3)."""
         import numpy as np
 
-        count = len(images)
-        if count < self.batch_size:  # the compiled shape is static: pad
-            padded = np.zeros((self.batch_size, self._size, self._size, 3), dtype=np.uint8)
-            padded[:count] = images
-            images = padded
-        self._request.infer({0: np.ascontiguousarray(images)})
-        rows = self._request.get_output_tensor(0).data
-        return np.array(rows[:count], dtype=np.float32)
+        chunks = [chunk for chunk in np.array_split(images, len(self._requests)) if len(chunk)]
+        requests = self._requests[:len(chunks)]
+        for request, chunk in zip(requests, chunks, strict=True):
+            request.start_async({0: np.ascontiguousarray(chunk)})
+        for request in requests:
+            request.wait()
+        return np.concatenate([np.array(request.get_output_tensor(0).data, dtype=np.float32)
+                               for request in requests])
