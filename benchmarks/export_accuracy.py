@@ -1,6 +1,7 @@
-"""How much an int8 LiteRT export of a finetuned model loses, on a real small dataset (#11).
+"""How much an int8 export (LiteRT, or OpenVINO) of a finetuned model loses, on a real small
+dataset (#11, #24).
 
-    python benchmarks/export_accuracy.py RUN_DIR TRAIN_DIR TEST_DIR
+    python benchmarks/export_accuracy.py RUN_DIR TRAIN_DIR TEST_DIR [--format litert|openvino]
 
 Uses the command line only: `resnet export --int8 --calibrate TRAIN_DIR` of RUN_DIR/model.keras
 (classifier, and backbone with --no-include-top --pooling avg), then `resnet evaluate` and
@@ -49,15 +50,17 @@ def main() -> None:
     parser.add_argument("train", type=Path)
     parser.add_argument("test", type=Path)
     parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--format", choices=("litert", "openvino"), default="litert")
     args = parser.parse_args()
+    suffix = {"litert": ".tflite", "openvino": ".xml"}[args.format]
 
     model = args.run / "model.keras"
     folder = Path(tempfile.mkdtemp(prefix="export-accuracy-"))
     calibrate = ["--int8", "--calibrate", str(args.train), "--calibration-images",
-                 str(args.calibration_images), "--format", "litert", "--weights", str(model)]
-    int8 = folder / "int8.tflite"
+                 str(args.calibration_images), "--format", args.format, "--weights", str(model)]
+    int8 = folder / f"int8{suffix}"
     resnet("export", *calibrate, "-o", str(int8))
-    int8_backbone = folder / "int8_features.tflite"
+    int8_backbone = folder / f"int8_features{suffix}"
     resnet("export", *calibrate, "--no-include-top", "--pooling", "avg", "-o",
            str(int8_backbone))
 
@@ -73,7 +76,8 @@ def main() -> None:
         "feature_cosine_min": round(float(cosine.min()), 4),
         "feature_cosine_mean": round(float(cosine.mean()), 4),
         "test_images": len(fp32_top1),
-        "int8_file_mb": round(int8.stat().st_size / 1e6, 1),
+        "format": args.format,
+        "int8_file_mb": round(sum(p.stat().st_size for p in folder.glob("int8.*")) / 1e6, 1),
         "fp32_model_mb": round(model.stat().st_size / 1e6, 1),
     }
     print(json.dumps(result, indent=2))
