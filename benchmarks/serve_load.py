@@ -323,8 +323,9 @@ def cpu_per_image(args: argparse.Namespace, weights: Path, files: list[str],
             _, _, answers = load(url + "/v1/classify", photos, args.clients, headers=headers)
             per_image["serve"].append((cpu_seconds(server.pid) - before) / len(photos))
             assert all(a.status_code == 200 for a in answers)
-        batches = re.findall(r'^resnet_batch_size_(sum|count) (\S+)$',
-                             requests.get(url + "/metrics", timeout=10).text, re.MULTILINE)
+        batches = re.findall(r'^resnet_(batch_size_sum|batch_size_count|padding_images_total) '
+                             r'(\S+)$', requests.get(url + "/metrics", timeout=10).text,
+                             re.MULTILINE)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
@@ -333,7 +334,10 @@ def cpu_per_image(args: argparse.Namespace, weights: Path, files: list[str],
         "cpu_s_per_image": {k: [round(v, 4) for v in vs] for k, vs in per_image.items()},
         "serve_over_classify_cpu": round(statistics.median(
             s / c for s, c in zip(per_image["serve"], per_image["classify"], strict=True)), 3),
-        "mean_batch": round(float(stats["sum"]) / float(stats["count"]), 2)}
+        "mean_batch": round(float(stats["batch_size_sum"]) / float(stats["batch_size_count"]),
+                            2),
+        "padding_per_image": round(float(stats["padding_images_total"])
+                                   / float(stats["batch_size_sum"]), 3)}
 
 
 def int8_model(work: Path, weights: Path, files: list[str]) -> Path:

@@ -38,7 +38,8 @@ def serve(loaded: Any, options: ServeOptions, *, say: Say, log: Say | None,
     `say` gets the lifecycle lines (listening, ready, stopping); `log` one line per request.
 
     Raises:
-        ServeError: the address cannot be bound, or the warm-up failed.
+        ServeError: the address cannot be bound, the warm-up failed, or the model thread
+            died.
         UsageError: options that cannot work together.
     """
     from resnet_cli.serve.app import build_app
@@ -86,13 +87,18 @@ def serve(loaded: Any, options: ServeOptions, *, say: Say, log: Say | None,
         warming.join()  # stopped while warming up: let TensorFlow finish before exiting
         if service.ready.is_set():
             service.close(timeout=options.drain_timeout)
+    _report_end(failure, died, len(server.server_state.tasks), options, say)
+
+
+def _report_end(failure: list[BaseException], died: list[BaseException], left: int,
+                options: ServeOptions, say: Say) -> None:
+    """The last line of a server that stopped, or the error of one that failed."""
     if failure:
         from resnet_cli.errors import first_line
 
         raise ServeError(f"the warm-up failed: {first_line(failure[0])}") from failure[0]
     if died:
         raise ServeError(f"the model thread died: {died[0]!r}")
-    left = len(server.server_state.tasks)
     say("stopped: every accepted request was answered" if not left else
         f"stopped: {left} requests were cut at --drain-timeout {options.drain_timeout:g} s")
 
