@@ -339,3 +339,25 @@ def test_after_all_cases_nothing_failed_and_memory_held(server: Server, probe: P
     assert probe.count >= 10 and probe.failures == []
     assert probe.slowest < 1.0
     assert rss_kb(server.process.pid) <= 1.3 * rss_ready
+
+
+def test_forms_give_each_file_as_a_view_of_the_body() -> None:
+    import os
+
+    from urllib3 import encode_multipart_formdata
+
+    from resnet_cli.serve.forms import FormError, parse_form
+
+    # Random bytes hold CR LF and dashes that begin to look like the boundary.
+    files = [os.urandom(200_000) + b"\r\n--" + os.urandom(5000) for _ in range(3)]
+    fields = [("note", "just text"), *[(f"f{i}", (f"photo{i}.jpg", data, "image/jpeg"))
+                                      for i, data in enumerate(files)]]
+    body, content_type = encode_multipart_formdata(fields)
+    uploads = parse_form(body, content_type, max_parts=8)
+    assert [u.name for u in uploads] == ["photo0.jpg", "photo1.jpg", "photo2.jpg"]
+    assert [bytes(u.data) for u in uploads] == files
+    assert all(isinstance(u.data, memoryview) and u.data.obj is body for u in uploads)
+    with pytest.raises(FormError, match="more than 2 parts"):
+        parse_form(body, content_type, max_parts=2)
+    with pytest.raises(FormError, match="no boundary"):
+        parse_form(body, "multipart/form-data", max_parts=8)
