@@ -139,6 +139,50 @@ def post_json(server: Server, value: object) -> tuple[int, str]:
     return status, body.get("error", "")
 
 
+# ----- first, what needs no server (and the exported files, built before the server
+# starts: a test process busy exporting would be a slow client of its own) ----------
+
+def test_public_source_keeps_file_names_only() -> None:
+    from resnet_cli.card import public_source
+
+    assert public_source("resnet50 (/srv/models/w.weights.h5)") == "resnet50 (w.weights.h5)"
+    assert public_source("/srv/runs/a b/model.keras") == "model.keras"
+    assert public_source("C:\\models\\m.tflite") == "m.tflite"
+    assert public_source("resnet50 (ImageNet weights)") == "resnet50 (ImageNet weights)"
+
+
+def test_exported_files_carry_no_path(exported: dict[str, Path], export_source) -> None:  # type: ignore[no-untyped-def]
+    folder = str(export_source[0].parent).encode()
+    name = export_source[0].name.encode()
+    for fmt, path in exported.items():
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        contents = b"".join(p.read_bytes() for p in files)
+        assert folder not in contents, fmt
+        assert name in contents, fmt  # the card still says which weights file it came from
+
+
+def test_forms_give_each_file_as_a_view_of_the_body() -> None:
+    import os
+
+    from urllib3 import encode_multipart_formdata
+
+    from resnet_cli.serve.forms import FormError, parse_form
+
+    # Random bytes hold CR LF and dashes that begin to look like the boundary.
+    files = [os.urandom(200_000) + b"\r\n--" + os.urandom(5000) for _ in range(3)]
+    fields = [("note", "just text"), *[(f"f{i}", (f"photo{i}.jpg", data, "image/jpeg"))
+                                      for i, data in enumerate(files)]]
+    body, content_type = encode_multipart_formdata(fields)
+    uploads = parse_form(body, content_type, max_parts=8)
+    assert [u.name for u in uploads] == ["photo0.jpg", "photo1.jpg", "photo2.jpg"]
+    assert [bytes(u.data) for u in uploads] == files
+    assert all(isinstance(u.data, memoryview) and u.data.obj is body for u in uploads)
+    with pytest.raises(FormError, match="more than 2 parts"):
+        parse_form(body, content_type, max_parts=2)
+    with pytest.raises(FormError, match="no boundary"):
+        parse_form(body, "multipart/form-data", max_parts=8)
+
+
 # ----- every request bounded before it is decoded ----------------------------------------
 
 def pixels_tensor(data: list, shape: list[int] | None = None) -> dict:  # type: ignore[type-arg]
@@ -306,25 +350,6 @@ def test_no_server_path_is_served(server: Server, probe: Probe, weights: Path) -
         assert str(weights.parent) not in text
 
 
-def test_public_source_keeps_file_names_only() -> None:
-    from resnet_cli.card import public_source
-
-    assert public_source("resnet50 (/srv/models/w.weights.h5)") == "resnet50 (w.weights.h5)"
-    assert public_source("/srv/runs/a b/model.keras") == "model.keras"
-    assert public_source("C:\\models\\m.tflite") == "m.tflite"
-    assert public_source("resnet50 (ImageNet weights)") == "resnet50 (ImageNet weights)"
-
-
-def test_exported_files_carry_no_path(exported: dict[str, Path], export_source) -> None:  # type: ignore[no-untyped-def]
-    folder = str(export_source[0].parent).encode()
-    name = export_source[0].name.encode()
-    for fmt, path in exported.items():
-        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-        contents = b"".join(p.read_bytes() for p in files)
-        assert folder not in contents, fmt
-        assert name in contents, fmt  # the card still says which weights file it came from
-
-
 # ----- the whole run ----------------------------------------------------------------------
 
 def test_after_all_cases_nothing_failed_and_memory_held(server: Server, probe: Probe,
@@ -339,25 +364,3 @@ def test_after_all_cases_nothing_failed_and_memory_held(server: Server, probe: P
     assert probe.count >= 10 and probe.failures == []
     assert probe.slowest < 1.0
     assert rss_kb(server.process.pid) <= 1.3 * rss_ready
-
-
-def test_forms_give_each_file_as_a_view_of_the_body() -> None:
-    import os
-
-    from urllib3 import encode_multipart_formdata
-
-    from resnet_cli.serve.forms import FormError, parse_form
-
-    # Random bytes hold CR LF and dashes that begin to look like the boundary.
-    files = [os.urandom(200_000) + b"\r\n--" + os.urandom(5000) for _ in range(3)]
-    fields = [("note", "just text"), *[(f"f{i}", (f"photo{i}.jpg", data, "image/jpeg"))
-                                      for i, data in enumerate(files)]]
-    body, content_type = encode_multipart_formdata(fields)
-    uploads = parse_form(body, content_type, max_parts=8)
-    assert [u.name for u in uploads] == ["photo0.jpg", "photo1.jpg", "photo2.jpg"]
-    assert [bytes(u.data) for u in uploads] == files
-    assert all(isinstance(u.data, memoryview) and u.data.obj is body for u in uploads)
-    with pytest.raises(FormError, match="more than 2 parts"):
-        parse_form(body, content_type, max_parts=2)
-    with pytest.raises(FormError, match="no boundary"):
-        parse_form(body, "multipart/form-data", max_parts=8)
