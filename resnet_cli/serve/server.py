@@ -27,7 +27,8 @@ Say = Callable[[str], None]
 
 
 class ServeError(ResnetCliError):
-    """The server cannot start (the address is taken, the warm-up failed)."""
+    """The server cannot start (the address is taken, the warm-up failed) or its model thread
+    died."""
 
 
 def serve(loaded: Any, options: ServeOptions, *, say: Say, log: Say | None,
