@@ -1,6 +1,7 @@
 """Load on `resnet serve`: throughput, latency, hostile bodies and SIGTERM, in one run.
 
     python benchmarks/serve_load.py [--requests 96] [--clients 16] [--hostile 200]
+    python benchmarks/serve_load.py --cpu-only [--requests 64] [--rounds 2]
 
 Writes random ResNet50 weights (224 px) and 1920x1080 photo-like JPEGs to a work folder, starts
 `resnet serve` on them, and measures, with the same files and weights:
@@ -13,7 +14,11 @@ Writes random ResNet50 weights (224 px) and 1920x1080 photo-like JPEGs to a work
 * a hostile mix (20% empty, truncated, 50 MB of noise, a decompression bomb, text, a PNG that
   claims 100000x100000, bad JSON, a v2 tensor of the wrong shape): no 5xx but 503, every good
   image answered as classify answers it, the server's memory before and after;
-* SIGTERM under load: every answer the server logged reached its client, exit 0, and how long.
+* SIGTERM under load: every answer the server logged reached its client, exit 0, and how long;
+* CPU-seconds per image (from /proc: user + system time of every thread): the server process
+  at CLIENTS clients against `resnet classify`'s pipeline in this process, for the float32
+  Keras model and an int8 `.tflite` exported from it (`--cpu-only` measures just this). The
+  clients' own CPU is not counted, which a throughput ratio on a small machine would mix in.
 
 Figures depend on the machine and what else runs on it; the load average is printed with them.
 """
@@ -81,10 +86,11 @@ def naive_server(weights: str, port: int) -> None:
 
 # ----- processes --------------------------------------------------------------------------
 
-def start_serve(weights: Path, *, quiet: bool = True) -> tuple[subprocess.Popen[str], str,
-                                                                list[str]]:
+def start_serve(weights: Path, *, quiet: bool = True, explain: bool = True
+                ) -> tuple[subprocess.Popen[str], str, list[str]]:
     command = [sys.executable, "-m", "resnet_cli", "serve", "--weights", str(weights),
-               "--port", "0", "--device", "cpu", *(["-q"] if quiet else [])]
+               "--port", "0", "--device", "cpu", *(["-q"] if quiet else []),
+               *([] if explain else ["--no-explain"])]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                text=True)
     lines: list[str] = []
@@ -103,6 +109,12 @@ def start_naive(weights: Path, port: int) -> subprocess.Popen[str]:
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None and process.stdout.readline().strip() == "ready"
     return process
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of `pid` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -289,6 +301,67 @@ def latency(url: str, photos: list[bytes], loaded: object) -> dict[str, object]:
                                          / statistics.median(direct), 3)}
 
 
+def cpu_per_image(args: argparse.Namespace, weights: Path, files: list[str],
+                  photos: list[bytes]) -> dict[str, object]:
+    """CPU-seconds per image: the server at CLIENTS clients over classify, interleaved rounds."""
+    from resnet_cli.classify import classify_images
+    from resnet_cli.models import ModelOptions, load_model
+
+    loaded = load_model(ModelOptions(weights=str(weights), device="cpu"), progress=False)
+    list(classify_images(files[:32], loaded, batch_size=32, progress=False))  # warm-up
+    server, url, _ = start_serve(weights, explain=False)
+    headers = {"Content-Type": "image/jpeg"}
+    try:
+        load(url + "/v1/classify", photos[:32], args.clients, headers=headers)  # warm-up
+        per_image: dict[str, list[float]] = {"classify": [], "serve": []}
+        for _ in range(args.rounds):
+            before = cpu_seconds(os.getpid())
+            results = list(classify_images(files, loaded, batch_size=32, progress=False))
+            per_image["classify"].append((cpu_seconds(os.getpid()) - before) / len(files))
+            assert all(r.ok for r in results)
+            before = cpu_seconds(server.pid)
+            _, _, answers = load(url + "/v1/classify", photos, args.clients, headers=headers)
+            per_image["serve"].append((cpu_seconds(server.pid) - before) / len(photos))
+            assert all(a.status_code == 200 for a in answers)
+        batches = re.findall(r'^resnet_(batch_size_sum|batch_size_count|padding_images_total) '
+                             r'(\S+)$', requests.get(url + "/metrics", timeout=10).text,
+                             re.MULTILINE)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    stats = dict(batches)
+    return {
+        "cpu_s_per_image": {k: [round(v, 4) for v in vs] for k, vs in per_image.items()},
+        "serve_over_classify_cpu": round(statistics.median(
+            s / c for s, c in zip(per_image["serve"], per_image["classify"], strict=True)), 3),
+        "mean_batch": round(float(stats["batch_size_sum"]) / float(stats["batch_size_count"]),
+                            2),
+        "padding_per_image": round(float(stats["padding_images_total"])
+                                   / float(stats["batch_size_sum"]), 3)}
+
+
+def int8_model(work: Path, weights: Path, files: list[str]) -> Path:
+    """An int8 .tflite of `weights` (calibrated on the photos), written once per work folder."""
+    from resnet_cli.export import ExportFormat, export_model
+    from resnet_cli.models import ModelOptions
+
+    path = work / "resnet50_int8.tflite"
+    if not path.exists():
+        export_model(ModelOptions(weights=str(weights), device="cpu"), ExportFormat.litert,
+                     path, int8=True, calibrate=files[:32], calibration_images=32,
+                     progress=False)
+    return path
+
+
+def cpu_run(args: argparse.Namespace, work: Path, weights: Path, files: list[str],
+            photos: list[bytes]) -> dict[str, object]:
+    report: dict[str, object] = {"load_average_at_start": os.getloadavg()}
+    report["fp32"] = cpu_per_image(args, weights, files, photos)
+    report["int8_tflite"] = cpu_per_image(args, int8_model(work, weights, files), files, photos)
+    report["load_average_at_end"] = os.getloadavg()
+    return report
+
+
 # ----- main -------------------------------------------------------------------------------
 
 def main() -> None:
@@ -299,6 +372,8 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=20)
     parser.add_argument("--hostile", type=int, default=200, help="requests in the hostile mix")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="only the CPU-seconds per image of the server against classify")
     args = parser.parse_args()
     with work_folder(args.work, prefix="serve_load_") as work:
         run(args, work)
@@ -317,6 +392,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
         keras.applications.ResNet50(weights=None).save_weights(weights)
     files = [str(p) for p in synthesize_photos(work, args.requests)]
     photos = [Path(f).read_bytes() for f in files]
+    if args.cpu_only:
+        print(json.dumps(cpu_run(args, work, weights, files, photos), indent=2))
+        return
     loaded = load_model(ModelOptions(weights=str(weights), device="cpu"), progress=False)
     # classify's answers, which every server must give (and the warm-up of its pipeline)
     expected = [r.predictions[0].index for r in classify_images(files, loaded, progress=False)]
@@ -342,6 +420,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         server.send_signal(signal.SIGTERM)
         report["exit_code_after_sigterm_idle"] = server.wait(60)
     report["sigterm_under_load"] = sigterm_run(weights, photos, args.clients)
+    report["cpu"] = cpu_run(args, work, weights, files, photos)
     print(json.dumps(report, indent=2))
 
 

@@ -185,3 +185,18 @@ def read_card_beside(model_path: Path) -> ModelCard | None:
     if card is not None and card.format == "":
         card = card.replace(format="keras")
     return card
+
+
+def public_source(source: str) -> str:
+    """`source` as it may be shown to others (a served model's clients, an exported file's
+    readers): a file's name without its folders. `resnet50 (/srv/models/w.weights.h5)` becomes
+    `resnet50 (w.weights.h5)`, `/srv/runs/a/model.keras` becomes `model.keras`."""
+    import re
+
+    def name(path: str) -> str:
+        return re.split(r"[/\\]", path.rstrip("/\\"))[-1] or path
+
+    variant = re.fullmatch(r"(\S+) \((.*)\)", source)
+    if variant is not None and re.search(r"[/\\]", variant.group(2)):
+        return f"{variant.group(1)} ({name(variant.group(2))})"
+    return name(source) if re.search(r"[/\\]", source) else source

@@ -158,10 +158,12 @@ def load_image(path: str, *, size: int, resize: ResizeMode = ResizeMode.crop) ->
     return _decode(lambda: open_regular_file(path), path, size=size, resize=resize)
 
 
-def decode_image(data: bytes, *, name: str, size: int,
-                 resize: ResizeMode = ResizeMode.crop) -> np.ndarray:
+def decode_image(data: bytes | memoryview, *, name: str, size: int,
+                 resize: ResizeMode = ResizeMode.crop, max_pixels: int | None = None
+                 ) -> np.ndarray:
     """`load_image` for an image already in memory (an upload, an object read from a bucket):
-    the same checks, decoding and resizing; `name` is what errors call it.
+    the same checks, decoding and resizing; `name` is what errors call it. `max_pixels`
+    lowers Pillow's limit on width x height.
 
     Raises:
         ImageError: empty, not an image, or too large to decode safely.
@@ -170,11 +172,12 @@ def decode_image(data: bytes, *, name: str, size: int,
 
     if not data:
         raise ImageError(name, "empty file")
-    return _decode(lambda: io.BytesIO(data), name, size=size, resize=resize)
+    return _decode(lambda: io.BytesIO(data), name, size=size, resize=resize,
+                   max_pixels=max_pixels)
 
 
 def _decode(opener: Callable[[], IO[bytes]], name: str, *, size: int,
-            resize: ResizeMode) -> np.ndarray:
+            resize: ResizeMode, max_pixels: int | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves at least the pixels
@@ -182,7 +185,7 @@ def _decode(opener: Callable[[], IO[bytes]], name: str, *, size: int,
     need = int(size / CROP_FRACTION) + 1
     try:
         rgb = _read_upright(opener, name, lambda w, h: (need, need)
-                            if resize is ResizeMode.crop else None)
+                            if resize is ResizeMode.crop else None, max_pixels=max_pixels)
         return _resize(rgb, size, resize)
     except UnidentifiedImageError:
         raise ImageError(name, "not an image Pillow can read") from None
@@ -212,7 +215,8 @@ def load_upright_rgb(path: str, *, draft: Callable[[int, int], tuple[int, int]],
 
 
 def _read_upright(opener: Callable[[], IO[bytes]], name: str,
-                  draft: Callable[[int, int], tuple[int, int] | None]) -> Image.Image:
+                  draft: Callable[[int, int], tuple[int, int] | None],
+                  max_pixels: int | None = None) -> Image.Image:
     """Open the image (`opener`: a regular file only, or bytes in memory), refuse
     decompression bombs, let a JPEG decode at a reduced scale when `draft(width, height)`
     names a size, apply EXIF orientation, convert to RGB. Pillow's and the OS's exceptions
@@ -224,6 +228,9 @@ def _read_upright(opener: Callable[[], IO[bytes]], name: str,
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and img.width * img.height > limit:
             raise Image.DecompressionBombError(name)
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ImageError(name, f"too many pixels ({img.width}x{img.height}; at most "
+                                   f"{max_pixels:,} are decoded here)")
         wanted = draft(img.width, img.height) if img.format == "JPEG" else None
         if wanted is not None:
             img.draft("RGB", wanted)

@@ -53,13 +53,24 @@ class Server:
         want = ",".join(f'{k}="{v}"' for k, v in labels.items())
         pattern = "^" + re.escape(name + (f"{{{want}}}" if want else "")) + r" (\S+)$"
         found = re.search(pattern, text, re.MULTILINE)
+        assert found is not None, f"no series {name}{{{want}}} in /metrics:\n{text}"
+        return float(found.group(1))
+
+    def metric_or_zero(self, name: str, **labels: str) -> float:
+        """A counter that exists only once counted (a status never seen yet): 0 before."""
+        text = requests.get(self.url + "/metrics", timeout=10).text
+        if not re.search("^" + re.escape(name) + r"[{ ]", text, re.MULTILINE):
+            raise AssertionError(f"no metric {name} at all in /metrics:\n{text}")
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        pattern = "^" + re.escape(name + (f"{{{want}}}" if want else "")) + r" (\S+)$"
+        found = re.search(pattern, text, re.MULTILINE)
         return float(found.group(1)) if found else 0.0
 
 
-def start_server(weights: Path, *extra: str) -> Server:
+def start_server(weights: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
     command = [sys.executable, "-m", "resnet_cli", "serve", "--weights", str(weights),
                "--image-size", str(TINY), "--port", "0", "--device", "cpu", *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                text=True, env=env)
     server = Server(process)

@@ -257,12 +257,12 @@ def test_hostile_bodies_get_400_and_the_server_goes_on(server: Server, tmp_path:
     assert "too many pixels" in requests.post(
         server.url + "/v1/classify", data=bodies["bomb"], timeout=30).json()["error"]
     # Declared larger than allowed: refused before the body is read.
-    status, body = raw(server, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: "
+    status, body = raw(server, b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                                b"image/jpeg\r\nContent-Length: 999999999\r\n\r\n" + b"x" * 1000)
     assert status == 413 and b"max-body-mb" in body
     # Chunked, no length: counted while it is read.
     chunk = b"%x\r\n" % (256 << 10) + b"\0" * (256 << 10) + b"\r\n"
-    status, body = raw(server, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: "
+    status, body = raw(server, b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                                b"image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
                        + chunk * 6 + b"0\r\n\r\n")
     assert status == 413

@@ -3,9 +3,12 @@ the missing extra, and a `--help` that imports no server library."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +35,7 @@ class MeanPredictor:
         return images.reshape(len(images), -1, 3).mean(axis=1).astype(np.float32)
 
 
-def test_batcher_pads_to_the_next_size_and_routes_every_row_home() -> None:
+def test_batcher_runs_compiled_sizes_unpadded_and_routes_every_row_home() -> None:
     from resnet_cli.serve.batching import Batcher, QueueFullError, batch_sizes
 
     assert batch_sizes(32) == (1, 2, 4, 8, 16, 32) and batch_sizes(6) == (1, 2, 4, 6)
@@ -46,11 +49,12 @@ def test_batcher_pads_to_the_next_size_and_routes_every_row_home() -> None:
         first, second = batcher.submit(images[:2]), batcher.submit(images[2:3])
         np.testing.assert_allclose(first.result(10), means[:2], rtol=1e-6)
         np.testing.assert_allclose(second.result(10), means[2:3], rtol=1e-6)
-        assert calls == [(3, 4)]  # waited for company, then ran 3 images at size 4
+        # Waited for company, then ran 3 images as 2 + 1, never padded to 4.
+        assert calls == [(2, 2), (1, 1)]
         assert 0.9 < time.monotonic() - started < 5
         batcher.hurry()  # shutting down: no more waiting; 5 images run as 4 + 1
         np.testing.assert_allclose(batcher.submit(images).result(10), means, rtol=1e-6)
-        assert calls[1:] == [(4, 4), (1, 1)]
+        assert calls[2:] == [(4, 4), (1, 1)]
         with batcher.admit(8), pytest.raises(QueueFullError), batcher.admit(1):
             pass
         assert batcher.pending == 0
@@ -75,6 +79,34 @@ def test_batcher_full_batch_runs_at_once_and_a_model_error_reaches_each_request(
                 future.result(10)
     finally:
         batcher.stop()
+
+
+def test_a_dead_model_thread_fails_every_waiting_request_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnet_cli.serve.batching import FAULT_ENV, Batcher, ModelThreadError
+
+    monkeypatch.setenv(FAULT_ENV, "1")  # the loop raises when it takes its second batch
+    calls: list[tuple[int, int]] = []
+    deaths: list[BaseException] = []
+    batcher = Batcher({1: MeanPredictor(1, calls), 2: MeanPredictor(2, calls)}, timeout=0.5,
+                      max_queue=8, on_death=deaths.append)
+    image = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+    try:
+        assert batcher.submit(image).result(10).shape == (1, 3)
+        futures = [batcher.submit(image) for _ in range(3)]
+        started = time.monotonic()
+        for future in futures:
+            with pytest.raises(ModelThreadError, match="the model thread has stopped"):
+                future.result(10)
+        assert time.monotonic() - started < 5
+        assert not batcher.alive and len(deaths) == 1 and "fault injected" in str(deaths[0])
+        with pytest.raises(ModelThreadError):
+            batcher.submit(image)
+        with pytest.raises(ModelThreadError), batcher.admit(1):
+            pass
+        assert calls == [(1, 1)]
+    finally:
+        batcher.stop(10)
 
 
 # ----- lifecycle --------------------------------------------------------------------------
@@ -108,7 +140,10 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(weights: Path) -> N
             waiting.process.send_signal(signal.SIGTERM)
             results = [a.result(60) for a in answers]
         assert [r.status_code for r in results] == [200] * 3
-        assert results[0].json()[0]["predictions"] == results[2].json()[0]["predictions"]
+        first, third = (results[i].json()[0]["predictions"] for i in (0, 2))
+        assert [p["index"] for p in first] == [p["index"] for p in third]  # the same photo
+        np.testing.assert_allclose([p["probability"] for p in first],  # (at batch 2 and 1)
+                                   [p["probability"] for p in third], rtol=1e-4)
         assert waiting.process.wait(30) == 0
         assert time.monotonic() - stopped < 10
         text = "".join(waiting.lines)
@@ -117,6 +152,103 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(weights: Path) -> N
         assert "Traceback" not in text
     finally:
         stop(waiting)
+
+
+def test_sigterm_with_slow_uploads_and_16_clients_answers_every_admitted_request(
+        weights: Path) -> None:
+    drain = 5.0
+    serving = start_server(weights, "--max-batch-size", "4", "--no-explain", "--drain-timeout",
+                           str(drain), "--request-timeout", "60")
+    photo = CHELSEA.read_bytes()
+    try:
+        serving.wait_ready()
+        host, port = serving.url.removeprefix("http://").split(":")
+        uploads = []
+        for _ in range(5):  # uploads trickling in: 2 bytes of 100 kB now, more later
+            conn = socket.create_connection((host, int(port)), timeout=drain + 30)
+            conn.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                         b"image/jpeg\r\nContent-Length: 100000\r\n\r\n\xff\xd8")
+            uploads.append(conn)
+        stop_sending = threading.Event()
+        statuses: list[int] = []
+        errors: list[str] = []
+
+        def client() -> None:
+            session = requests.Session()
+            while not stop_sending.is_set():
+                try:
+                    answer = session.post(serving.url + "/v1/classify", data=photo,
+                                          headers={"Content-Type": "image/jpeg"}, timeout=60)
+                    answer.json()
+                    statuses.append(answer.status_code)
+                except (requests.RequestException, ValueError) as exc:
+                    errors.append(type(exc).__name__)
+                    if serving.process.poll() is not None:
+                        return
+                    time.sleep(0.05)
+
+        clients = [threading.Thread(target=client, daemon=True) for _ in range(16)]
+        for thread in clients:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while statuses.count(200) < 16:
+            assert time.monotonic() < deadline and serving.process.poll() is None
+            time.sleep(0.05)
+        for conn in uploads:
+            conn.sendall(b"\0" * 10)  # still arriving
+        stopped = time.monotonic()
+        serving.process.send_signal(signal.SIGTERM)
+        code = serving.process.wait(drain + 30)
+        took = time.monotonic() - stopped
+        stop_sending.set()
+        for thread in clients:
+            thread.join(30)
+        cut = []
+        for conn in uploads:
+            with contextlib.suppress(OSError):
+                cut.append(conn.recv(200).split(b"\r\n")[0])
+            conn.close()
+        assert code == 0 and took < drain + 5
+        assert cut == [b"HTTP/1.1 503 Service Unavailable"] * 5
+        logged = sum(1 for line in serving.lines if '"POST /v1/classify" 200 ' in line)
+        assert statuses.count(200) == logged  # every answer the server gave reached its client
+        assert set(statuses) <= {200, 503}  # 503: still sending its body when the signal came
+        text = "".join(serving.lines)
+        assert "stopped: every accepted request was answered" in text
+        assert "Traceback" not in text
+    finally:
+        stop(serving)
+
+
+def test_a_dead_model_thread_turns_health_503_and_exits_1(weights: Path) -> None:
+    from resnet_cli.serve.batching import FAULT_ENV
+
+    dying = start_server(weights, "--max-batch-size", "4", "--batch-timeout-ms", "500",
+                         "--no-explain", env={FAULT_ENV: "1"})
+    try:
+        dying.wait_ready()
+        health = requests.Session()  # a connection held open, to ask after the death
+        assert health.get(dying.url + "/v2/health/live", timeout=10).status_code == 200
+        assert requests.post(dying.url + "/v1/classify", data=CHELSEA.read_bytes(),
+                             timeout=60).status_code == 200
+        with ThreadPoolExecutor(3) as pool:  # one batch of 3: the one the thread dies on
+            started = time.monotonic()
+            answers = list(pool.map(lambda _: requests.post(
+                dying.url + "/v1/classify", data=COFFEE.read_bytes(), timeout=60), range(3)))
+        assert time.monotonic() - started < 20
+        assert [a.status_code for a in answers] == [503] * 3
+        assert "the model thread has stopped" in answers[0].json()["error"]
+        try:  # the process is on its way out: 503 if it still answers
+            live = health.get(dying.url + "/v2/health/live", timeout=10).status_code
+        except requests.ConnectionError:
+            live = None
+        assert live in (503, None)
+        assert dying.process.wait(30) == 1
+        text = "".join(dying.lines)
+        assert "the model thread died" in text and "Traceback" not in text
+        assert text.strip().splitlines()[-1].startswith("error: the model thread died")
+    finally:
+        stop(dying)
 
 
 def test_serve_without_its_extra_names_the_install(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from resnet_cli.card import INPUT_NAME, ModelCard
+from resnet_cli.card import INPUT_NAME, ModelCard, public_source
 from resnet_cli.errors import ModelFileError, UsageError
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def build_card(loaded: LoadedModel, network: Any, *, pooling: str | None, fmt: s
     return loaded.card.replace(
         include_top=include_top, imagenet_labels=include_top and loaded.card.imagenet_labels,
         class_names=names, pooling=None if include_top else pooling, precision=precision,
-        format=fmt, source=loaded.source,
+        format=fmt, source=public_source(loaded.source),
         output_shape=tuple(int(d) for d in network.output_shape[1:]))
 
 

@@ -1,27 +1,34 @@
 """The HTTP routes (Starlette): the page, `/v1/classify`, `/v1/explain`, the Open Inference
 Protocol under `/v2` (see `v2`), and `/metrics`.
 
-Handlers only read requests and write answers; `service.ModelService` does the work. Every
-error is a JSON object `{"error": "..."}` with its status: 400 unreadable image or malformed
-request, 404 unknown route or model, 413 body over `--max-body-mb` (counted while it is read,
-never buffered first), 415 wrong content type or encoding, 503 queue full or not ready yet
-(with `Retry-After`). Nothing a client sends names a file of the server.
+Handlers only read requests and write answers; `service.ModelService` does the work, and
+requests are parsed and answers encoded on its protocol threads, never on the event loop.
+Every error is a JSON object `{"error": "..."}` with its status: 400 unreadable image or
+malformed request, 404 unknown route or model, 408 a request that did not arrive in time
+(`guard`), 413 body over `--max-body-mb` (counted while it is read, never buffered first), 415
+wrong content type or encoding, 503 queue full, bytes in flight over budget, too many
+connections, stopping, the model thread dead, or not ready yet (with `Retry-After`). A client
+that went away is logged as 499. Nothing a client sends names a file of the server, and
+nothing it is told names one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict
+from functools import partial
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from resnet_cli.errors import ImageError, UsageError
 from resnet_cli.render.classify import classify_record
 from resnet_cli.serve import v2
-from resnet_cli.serve.batching import QueueFullError
+from resnet_cli.serve.batching import ModelThreadError, QueueFullError
+from resnet_cli.serve.forms import FormError, parse_form
+from resnet_cli.serve.guard import CLIENT_CLOSED, Budget, Refusal, refusal_response
 from resnet_cli.serve.service import ModelService, Upload, model_facts
 
 if TYPE_CHECKING:
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 RAW_TYPES = ("", "application/octet-stream")
 DRAIN_BYTES = 64 << 20  # read (and drop) this much of a too-large body so the client hears 413
 DRAIN_SECONDS = 5.0
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_FORM_FILES = 256
 # The page loads nothing from anywhere: its script and style are inline, photos are blob: URLs.
 PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -51,13 +59,18 @@ class Problem(Exception):
         self.extra = extra or {}
 
 
-def build_app(service: ModelService, metrics: Metrics) -> Any:
-    """The Starlette application serving `service` (without the access log middleware)."""
+def build_app(service: ModelService, metrics: Metrics, budget: Budget) -> Any:
+    """The Starlette application serving `service` (without the guard and the access log
+    middleware); queued images are held in `budget`, and only the Host names of
+    `allowed_hosts` (see `ServeOptions`) are answered."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import ClientDisconnect
     from starlette.routing import Route
 
-    routes = _Routes(service, metrics)
+    routes = _Routes(service, metrics, budget)
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
     table = [
@@ -70,8 +83,46 @@ def build_app(service: ModelService, metrics: Metrics) -> Any:
         *[Route(base + "/ready", routes.model_ready) for base in (model, versioned)],
         *[Route(base + "/infer", routes.infer, methods=["POST"]) for base in (model, versioned)],
     ]
-    return Starlette(routes=table, exception_handlers={
-        Problem: _problem_response, HTTPException: _http_error, Exception: _internal_error})
+    hosts = allowed_hosts(service.options.host, service.options.allowed_hosts)
+    return Starlette(
+        routes=table,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts),
+                               www_redirect=False)],
+        exception_handlers={Problem: _problem_response, HTTPException: _http_error,
+                            Refusal: _refused, ClientDisconnect: _client_gone,
+                            ModelThreadError: _model_dead, Exception: _internal_error})
+
+
+def allowed_hosts(host: str, given: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The Host names answered: `given`, else the loopback names when listening on a
+    loopback address (a web page elsewhere cannot then reach the server by DNS rebinding),
+    else any (`*`)."""
+    if given is not None:
+        return given
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return LOOPBACK_HOSTS if loopback else ("*",)
+
+
+def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Refusal)
+    return refusal_response(exc)  # type: ignore[no-any-return]
+
+
+def _client_gone(request: Request, exc: Exception) -> Response:
+    from starlette.responses import Response
+
+    return Response(status_code=CLIENT_CLOSED)  # nobody reads it; the log shows 499
+
+
+def _model_dead(request: Request, exc: Exception) -> Response:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": str(exc)}, status_code=503)
 
 
 def _problem_response(request: Request, exc: Exception) -> Response:
@@ -99,9 +150,10 @@ def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 class _Routes:
-    def __init__(self, service: ModelService, metrics: Metrics) -> None:
+    def __init__(self, service: ModelService, metrics: Metrics, budget: Budget) -> None:
         self.service = service
         self.metrics = metrics
+        self.budget = budget
         self.limit = int(service.options.max_body_mb * (1 << 20))
         self._page: bytes | None = None
 
@@ -119,8 +171,6 @@ class _Routes:
                                                  "Content-Security-Policy": PAGE_POLICY})
 
     async def classify(self, request: Request) -> Response:
-        from starlette.responses import JSONResponse
-
         self._check_ready()
         top_k = _int_param(request, "top_k")
         uploads = await self._uploads(request)
@@ -133,11 +183,9 @@ class _Routes:
         if not any(result.ok for result in results):
             first = results[0]
             raise Problem(400, f"{first.path}: {first.error}", extra={"results": records})
-        return JSONResponse(records)
+        return await self._json(records)
 
     async def explain(self, request: Request) -> Response:
-        from starlette.responses import JSONResponse
-
         self._check_ready()
         if not self.service.can_explain:
             raise Problem(404, "heatmaps need a Keras classifier served with --explain.")
@@ -149,7 +197,7 @@ class _Routes:
                 heatmap = await self.service.explain(uploads[0])
             except ImageError as exc:
                 raise Problem(400, f"{exc.path}: {exc.reason}") from None
-        return JSONResponse({**asdict(heatmap), "resize": self.service.resize.value})
+        return await self._json({**asdict(heatmap), "resize": self.service.resize.value})
 
     async def metrics_text(self, request: Request) -> Response:
         from starlette.responses import Response
@@ -170,12 +218,13 @@ class _Routes:
     async def live(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
 
-        return JSONResponse({"live": True})
+        alive = self.service.alive
+        return JSONResponse({"live": alive}, status_code=200 if alive else 503)
 
     async def ready(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
 
-        ready = self.service.ready.is_set()
+        ready = self.service.ready.is_set() and self.service.alive
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503,
                             headers=None if ready else {"Retry-After": "1"})
 
@@ -200,9 +249,10 @@ class _Routes:
         body = await read_body(request, self.limit)
         service = self.service
         try:
-            parsed = v2.parse_infer_request(
-                body, request.headers.get(v2.HEADER_LENGTH), image_size=service.loaded.image_size,
-                output_name=v2.output_name(service.labels))
+            parsed = await service.offload(partial(
+                v2.parse_infer_request, body, request.headers.get(v2.HEADER_LENGTH),
+                image_size=service.loaded.image_size, output_name=v2.output_name(service.labels),
+                max_images=service.options.max_batch_size, max_files=service.options.max_queue))
         except v2.ProtocolError as exc:
             raise Problem(400, str(exc)) from None
         del body
@@ -213,11 +263,20 @@ class _Routes:
                 pixels = parsed.pixels
             rows = await service.predict(pixels)
         try:
-            content, headers = v2.encode_infer_response(parsed, rows, model_name=service.name,
-                                                        labels=service.labels)
+            content, headers = await service.offload(
+                lambda: v2.encode_infer_response(parsed, rows, model_name=service.name,
+                                                 labels=service.labels))
         except v2.ProtocolError as exc:
             raise Problem(400, str(exc)) from None
         return Response(content, headers=headers)
+
+    async def _json(self, content: Any) -> Response:
+        from starlette.responses import Response
+
+        body = await self.service.offload(
+            lambda: json.dumps(content, ensure_ascii=False, allow_nan=False,
+                               separators=(",", ":")).encode("utf-8"))
+        return Response(body, media_type="application/json")
 
     async def _decoded(self, name: str, files: Sequence[bytes]) -> Any:
         import numpy as np
@@ -234,6 +293,8 @@ class _Routes:
     # ----- shared checks ------------------------------------------------------------------
 
     def _check_ready(self) -> None:
+        if not self.service.alive:
+            raise Problem(503, "the model thread has stopped; the server is exiting.")
         if not self.service.ready.is_set():
             raise Problem(503, "the model is still warming up.", retry_after=1)
 
@@ -249,7 +310,9 @@ class _Routes:
         if count > self.service.options.max_queue:
             raise Problem(413, f"{count} images in one request; this server takes at most "
                                f"{self.service.options.max_queue} (--max-queue).")
+        size = self.service.loaded.image_size
         with ExitStack() as stack:
+            stack.enter_context(self.budget.holding(count * size * size * 3))
             try:
                 stack.enter_context(self.service.admit(count, explain=explain))
             except QueueFullError:
@@ -264,7 +327,12 @@ class _Routes:
             if not body:
                 raise Problem(400, "the request has no body: send an image file.")
             return [Upload(_disposition_name(request) or "upload", body)]
-        uploads = await _form_files(request, body)
+        try:
+            uploads = await self.service.offload(
+                lambda: parse_form(body, request.headers["content-type"],
+                                   max_parts=MAX_FORM_FILES))
+        except FormError as exc:
+            raise Problem(400, str(exc)) from None
         if not uploads:
             raise Problem(400, "the form has no file: send one or more images.")
         return uploads
@@ -331,6 +399,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def _drain(stream: AsyncIterator[bytes]) -> None:
+    from starlette.requests import ClientDisconnect
+
     async def drop() -> None:
         dropped = 0
         async for chunk in stream:
@@ -338,32 +408,5 @@ async def _drain(stream: AsyncIterator[bytes]) -> None:
             if dropped > DRAIN_BYTES:
                 return
 
-    try:
-        await asyncio.wait_for(drop(), DRAIN_SECONDS)
-    except (asyncio.TimeoutError, OSError):
-        pass
-    except Exception as exc:  # the client went away (starlette.requests.ClientDisconnect)
-        if type(exc).__name__ != "ClientDisconnect":
-            raise
-
-
-async def _form_files(request: Request, body: bytes) -> list[Upload]:
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
-    async def replay() -> AsyncGenerator[bytes, None]:
-        yield body
-        yield b""
-
-    try:
-        form = await MultiPartParser(request.headers, replay(), max_files=MAX_FORM_FILES,
-                                     max_fields=MAX_FORM_FILES).parse()
-    except MultiPartException as exc:
-        raise Problem(400, f"malformed multipart form: {exc.message}") from None
-    try:
-        uploads = []
-        for field, value in form.multi_items():
-            if not isinstance(value, str):
-                uploads.append(Upload(value.filename or field, await value.read()))
-        return uploads
-    finally:
-        await form.close()
+    with suppress(asyncio.TimeoutError, OSError, ClientDisconnect, Refusal):
+        await asyncio.wait_for(drop(), DRAIN_SECONDS)  # the 413 is the answer all the same

@@ -2,8 +2,9 @@
 
 `prometheus-client` is imported here only, when a server is built. Every request passes
 through `RequestLog`, an ASGI middleware that counts it by endpoint and status, times it,
-and writes one access-log line. Endpoints are labelled by their route, never by the raw path,
-so that hostile paths cannot grow the number of series.
+and writes one access-log line; a client that went away before its answer counts as 499.
+Endpoints are labelled by their route, never by the raw path, so that hostile paths cannot
+grow the number of series.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ class RequestLog:
         try:
             await self.app(scope, receive, sending)
         finally:
+            gone = scope.get("resnet.gone")  # (guard.GONE_KEY) the client left first: 499
+            if gone is not None and gone():
+                status[0] = 499
             seconds = time.perf_counter() - started
             endpoint = endpoint_of(scope.get("path", ""))
             self.metrics.requests.labels(endpoint, str(status[0])).inc()

@@ -3,8 +3,11 @@
 The socket is bound before anything else, so a port in use is one error line. The server
 answers `/v2/health/live` at once and `/v2/health/ready` once `ModelService.warm_up` (on a
 thread of its own) has compiled and run every batch size. The first SIGTERM or Ctrl-C stops
-accepting connections, answers every request already accepted (the queue no longer waits
-for company), then the process exits 0; a second signal exits at once.
+accepting connections, cuts the uploads still arriving (`guard.Guard.drain`), answers every
+request already admitted (the queue no longer waits for company) for at most
+`--drain-timeout` seconds, then the process exits 0; a second signal exits at once. If the
+model thread dies, the server stops the same way and `serve` raises `ServeError` (exit 1), so
+that an orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from resnet_cli.errors import ResnetCliError
-from resnet_cli.serve.service import ModelService, ServeOptions, model_facts
+from resnet_cli.serve.options import ServeOptions
+from resnet_cli.serve.service import ModelService, model_facts
 
 Say = Callable[[str], None]
 
 
 class ServeError(ResnetCliError):
-    """The server cannot start (the address is taken, the warm-up failed)."""
+    """The server cannot start (the address is taken, the warm-up failed) or its model thread
+    died."""
 
 
 def serve(loaded: Any, options: ServeOptions, *, say: Say, log: Say | None,
@@ -34,20 +39,34 @@ def serve(loaded: Any, options: ServeOptions, *, say: Say, log: Say | None,
     `say` gets the lifecycle lines (listening, ready, stopping); `log` one line per request.
 
     Raises:
-        ServeError: the address cannot be bound, or the warm-up failed.
+        ServeError: the address cannot be bound, the warm-up failed, or the model thread
+            died.
         UsageError: options that cannot work together.
     """
     from resnet_cli.serve.app import build_app
     from resnet_cli.serve.batching import batch_sizes
+    from resnet_cli.serve.guard import Budget, Guard
     from resnet_cli.serve.metrics import Metrics, RequestLog
 
     metrics = Metrics(batch_sizes=batch_sizes(options.max_batch_size))
     service = ModelService(loaded, options, metrics, network)
-    app = RequestLog(build_app(service, metrics), metrics, log)
+    budget = Budget(int(options.max_inflight_mb * (1 << 20)))
+    guard = Guard(build_app(service, metrics, budget), budget, options.max_connections)
     sock = bind(options.host, options.port)
     address = url_of(sock)
-    server = _make_server(app, on_stop=lambda: _stopping(service, say))
+    server = _make_server(RequestLog(guard, metrics, log), options, metrics, log,
+                          on_stop=lambda: _stopping(service, guard, say))
+    guard.connections = lambda: len(server.server_state.connections)
     failure: list[BaseException] = []
+    died: list[BaseException] = []
+
+    def on_death(exc: BaseException) -> None:
+        died.append(exc)
+        say(f"the model thread died ({exc!r}): stopping, exit code 1")
+        server.should_exit = True
+        _stopping(service, guard, say)
+
+    service.on_death = on_death
 
     def warm_up() -> None:
         try:
@@ -68,24 +87,40 @@ def serve(loaded: Any, options: ServeOptions, *, say: Say, log: Say | None,
         sock.close()
         warming.join()  # stopped while warming up: let TensorFlow finish before exiting
         if service.ready.is_set():
-            service.close()
+            service.close(timeout=options.drain_timeout)
+    _report_end(failure, died, len(server.server_state.tasks), options, say)
+
+
+def _report_end(failure: list[BaseException], died: list[BaseException], left: int,
+                options: ServeOptions, say: Say) -> None:
+    """The last line of a server that stopped, or the error of one that failed."""
     if failure:
         from resnet_cli.errors import first_line
 
         raise ServeError(f"the warm-up failed: {first_line(failure[0])}") from failure[0]
-    say("stopped: every accepted request was answered")
+    if died:
+        raise ServeError(f"the model thread died: {died[0]!r}")
+    say("stopped: every accepted request was answered" if not left else
+        f"stopped: {left} requests were cut at --drain-timeout {options.drain_timeout:g} s")
 
 
-def _stopping(service: ModelService, say: Say) -> None:
+def _stopping(service: ModelService, guard: Any, say: Say) -> None:
+    """The first stop signal (or a dead model thread): no more waiting for company in the
+    queue, uploads still arriving cut (on the event loop, from wherever this is called)."""
     service.hurry()
+    guard.drain_soon()
     say(f"stopping: answering {service.pending} queued images, accepting no more "
         "(a second signal exits at once)")
 
 
-def _make_server(app: Any, *, on_stop: Callable[[], None]) -> Any:
-    """uvicorn's server with resnet serve's signals: the first one stops gracefully (and the
-    process exits 0), a second one exits at once."""
+def _make_server(app: Any, options: ServeOptions, metrics: Any, log: Say | None, *,
+                 on_stop: Callable[[], None]) -> Any:
+    """uvicorn's server with resnet serve's signals (the first one stops gracefully and the
+    process exits 0, a second one exits at once), the request deadline of `guard`, the idle
+    keep-alive limit and the drain deadline."""
     import uvicorn
+
+    from resnet_cli.serve.guard import protocol_class
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -97,8 +132,19 @@ def _make_server(app: Any, *, on_stop: Callable[[], None]) -> Any:
             self.should_exit = True
             on_stop()
 
-    return Server(uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning",
-                                 access_log=False, server_header=False, timeout_keep_alive=5))
+    def timed_out(client: Any) -> None:
+        metrics.requests.labels("other", "408").inc()
+        if log is not None:
+            where = f"{client[0]}:{client[1]}" if client else "-:0"
+            log(f'{where} "- -" 408 {options.request_timeout * 1000:.1f}ms (headers not '
+                "received in time)")
+
+    return Server(uvicorn.Config(
+        app, lifespan="off", log_config=None, log_level="warning", access_log=False,
+        server_header=False, http=protocol_class(options.request_timeout, on_timeout=timed_out),
+        # (typed int in uvicorn; both go to asyncio, which takes float seconds)
+        timeout_keep_alive=cast(int, options.keepalive_timeout),
+        timeout_graceful_shutdown=cast(int, options.drain_timeout)))
 
 
 def bind(host: str, port: int) -> socket.socket:

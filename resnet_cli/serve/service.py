@@ -16,19 +16,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from resnet_cli.card import public_source
 from resnet_cli.classify import DEFAULT_TOP_K, top_predictions
 from resnet_cli.errors import ImageError, UsageError
-from resnet_cli.images import ResizeMode, decode_image
+from resnet_cli.images import decode_image
 from resnet_cli.inference import lowest_priority, make_predictor
 from resnet_cli.loaded import BatchPredictor
 from resnet_cli.results import ClassifyResult
 from resnet_cli.serve.batching import Batcher, batch_sizes
+from resnet_cli.serve.options import ServeOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,39 +42,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 EXPLAIN_QUEUE = 8  # Grad-CAM requests waiting at most (the page asks for one at a time)
 
 
 @dataclass(frozen=True)
-class ServeOptions:
-    """How `resnet serve` serves a model.
-
-    Attributes:
-        batch_timeout_ms: how long a batch waits for company after its first image.
-        max_queue: images accepted and not yet answered; more get 503.
-        max_body_mb: larger request bodies get 413.
-        name: the model's name in the v2 endpoints; default its variant (`resnet50`).
-        resize: default what a finetuned model was trained with, else crop.
-        explain: compile Grad-CAM for the page's heatmap switch (Keras classifiers only).
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_batch_size: int = 32
-    batch_timeout_ms: float = 5.0
-    max_queue: int = 256
-    max_body_mb: float = 20.0
-    name: str | None = None
-    resize: ResizeMode | None = None
-    explain: bool = True
-
-
-@dataclass(frozen=True)
 class Upload:
-    """One uploaded image: the name it is answered under, and its bytes."""
+    """One uploaded image: the name it is answered under, and its bytes (a view of the
+    request body for a form's file, so that the body is held once)."""
 
     name: str
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -127,6 +107,9 @@ class ModelService:
         self._gradcam: GradCamPredictor | None = None
         self._decoder: ThreadPoolExecutor | None = None
         self._alone: ThreadPoolExecutor | None = None
+        # Request parsing and answer encoding: off the event loop, and not behind decoding.
+        self._protocol = ThreadPoolExecutor(max_workers=2, thread_name_prefix="protocol")
+        self.on_death: Callable[[BaseException], None] | None = None
 
     @property
     def labels(self) -> tuple[Any, ...] | None:
@@ -160,7 +143,8 @@ class ModelService:
         lock = threading.Lock()
         self.batcher = Batcher(predictors, timeout=self.options.batch_timeout_ms / 1000,
                                max_queue=self.options.max_queue, compute_lock=lock,
-                               on_batch=self.metrics.batch_done, name="batcher")
+                               on_batch=self.metrics.batch_done, on_death=self._died,
+                               name="batcher")
         if self.can_explain:
             from resnet_cli.explain import grad_cam_predictor
 
@@ -168,7 +152,7 @@ class ModelService:
             self._gradcam(np.zeros((1, size, size, 3), dtype=np.uint8))
             self._predictors.append(self._gradcam)
             self.explainer = Batcher({1: self._gradcam}, timeout=0.0, max_queue=EXPLAIN_QUEUE,
-                                     compute_lock=lock, name="explainer")
+                                     compute_lock=lock, on_death=self._died, name="explainer")
         self.metrics.watch(queue_depth=lambda: float(self.pending),
                            traces=lambda: float(self.trace_count))
         self.ready.set()
@@ -186,6 +170,20 @@ class ModelService:
         return {size: make_predictor(self.loaded, size, model=model) for size in self.sizes}
 
     @property
+    def alive(self) -> bool:
+        """False once a model thread has died (the health endpoints then answer 503)."""
+        return all(b.alive for b in (self.batcher, self.explainer) if b is not None)
+
+    def _died(self, exc: BaseException) -> None:
+        self.metrics.ready.set(0)
+        if self.on_death is not None:
+            self.on_death(exc)
+
+    async def offload(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` on the protocol threads (parsing, encoding): never on the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._protocol, function, *args)
+
+    @property
     def pending(self) -> int:
         """Images accepted and not yet answered."""
         return sum(b.pending for b in (self.batcher, self.explainer) if b is not None)
@@ -201,14 +199,14 @@ class ModelService:
             if batcher is not None:
                 batcher.hurry()
 
-    def close(self) -> None:
-        """Answer what is queued, then stop the threads."""
+    def close(self, timeout: float | None = None) -> None:
+        """Answer what is queued (waiting at most `timeout` s), then stop the threads."""
         for batcher in (self.batcher, self.explainer):
             if batcher is not None:
-                batcher.stop()
-        for pool in (self._decoder, self._alone):
+                batcher.stop(timeout)
+        for pool in (self._decoder, self._alone, self._protocol):
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.shutdown(wait=False, cancel_futures=True)
 
     @contextmanager
     def admit(self, count: int, *, explain: bool = False) -> Iterator[None]:
@@ -227,7 +225,7 @@ class ModelService:
         def read(upload: Upload) -> np.ndarray | ImageError:
             try:
                 return decode_image(upload.data, name=upload.name, size=size,
-                                    resize=self.resize)
+                                    resize=self.resize, max_pixels=self.options.max_pixels)
             except ImageError as exc:
                 self.metrics.decode_failures.inc()
                 return exc
@@ -299,7 +297,8 @@ def model_facts(service: ModelService) -> dict[str, Any]:
     """What the page and the v2 metadata say about the model (its card, as served)."""
     loaded = service.loaded
     return {
-        "name": service.name, "base_model": loaded.spec.name, "source": loaded.source,
+        "name": service.name, "base_model": loaded.spec.name,
+        "source": public_source(loaded.source),
         "runtime": loaded.runtime, "image_size": loaded.image_size,
         "preprocess_mode": loaded.preprocess_mode, "resize": service.resize.value,
         "classes": len(loaded.labels) if loaded.labels is not None else None,

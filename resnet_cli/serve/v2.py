@@ -57,16 +57,24 @@ class InferRequest:
         return len(self.pixels) if self.pixels is not None else len(self.files or ())
 
 
+MAX_DEPTH = 8  # nesting of a valid request: object, inputs, tensor, data [N][h][w][3]
+
+
 def parse_infer_request(body: bytes, header_length: str | None, *, image_size: int,
-                        output_name: str) -> InferRequest:
-    """Read an infer request (see the module docstring).
+                        output_name: str, max_images: int, max_files: int) -> InferRequest:
+    """Read an infer request (see the module docstring). Counts are checked against the
+    limits before anything is decoded: UINT8 at most `max_images` images (the largest batch
+    the server runs), BYTES at most `max_files` elements (its queue).
 
     Raises:
-        ProtocolError: anything malformed, or not one input of images for this model.
+        ProtocolError: anything malformed, over a limit, or not one input of images for this
+            model.
     """
     header, binary = _split(body, header_length)
     try:
         request = json.loads(header)
+    except RecursionError:
+        raise ProtocolError("the request's JSON is nested too deeply.") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"the request is not valid JSON: {exc}") from None
     if not isinstance(request, dict):
@@ -77,8 +85,10 @@ def parse_infer_request(body: bytes, header_length: str | None, *, image_size: i
                             f"{image_size}, 3]) or {FILES_INPUT} (BYTES [N], encoded images).")
     tensor = inputs[0]
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ProtocolError("the input's shape must be a list of non-negative integers.")
+    if not isinstance(shape, list) or len(shape) > 4 or \
+            not all(type(d) is int and d >= 0 for d in shape):
+        raise ProtocolError("the input's shape must be a list of at most 4 non-negative "
+                            "integers.")
     params = tensor.get("parameters") or {}
     if not isinstance(params, dict) or "shared_memory_region" in params:
         raise ProtocolError("shared memory inputs are not supported.")
@@ -86,9 +96,9 @@ def parse_infer_request(body: bytes, header_length: str | None, *, image_size: i
     datatype = tensor.get("datatype")
     name = str(tensor.get("name", ""))
     if datatype == "UINT8":
-        pixels, files = _pixels(tensor, shape, raw, image_size), None
+        pixels, files = _pixels(tensor, shape, raw, image_size, max_images), None
     elif datatype == "BYTES":
-        pixels, files = None, _files(tensor, shape, raw)
+        pixels, files = None, _files(tensor, shape, raw, max_files)
     else:
         raise ProtocolError(f"input datatype {datatype!r} is not supported: send UINT8 "
                             f"[N, {image_size}, {image_size}, 3] pixels or BYTES image files.")
@@ -101,10 +111,9 @@ def parse_infer_request(body: bytes, header_length: str | None, *, image_size: i
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        length = int(header_length)
-    except ValueError:
-        raise ProtocolError(f"{HEADER_LENGTH} must be an integer.") from None
+    if not header_length.strip().isdigit():
+        raise ProtocolError(f"{HEADER_LENGTH} must be an integer.")
+    length = int(header_length)
     if not 0 < length <= len(body):
         raise ProtocolError(f"{HEADER_LENGTH} {length} does not fit a {len(body)}-byte body.")
     return body[:length], body[length:]
@@ -117,71 +126,100 @@ def _binary_part(binary: bytes, params: dict[str, Any]) -> bytes | None:
             raise ProtocolError("binary data follows the JSON but the input has no "
                                 "binary_data_size.")
         return None
-    if not isinstance(size, int) or size != len(binary):
+    if type(size) is not int or size != len(binary):
         raise ProtocolError(f"binary_data_size {size} does not match the {len(binary)} bytes "
                             "after the JSON.")
     return binary
 
 
 def _pixels(tensor: dict[str, Any], shape: list[int], raw: bytes | None,
-            image_size: int) -> np.ndarray:
+            image_size: int, max_images: int) -> np.ndarray:
     import numpy as np
 
     if len(shape) != 4 or shape[1:] != [image_size, image_size, 3] or shape[0] < 1:
         raise ProtocolError(f"UINT8 input must have shape [N, {image_size}, {image_size}, 3] "
                             f"with N >= 1; got {shape}.")
+    if shape[0] > max_images:
+        raise ProtocolError(f"{shape[0]} images in one UINT8 tensor; this server runs at most "
+                            f"{max_images} at once (--max-batch-size).")
     count = math.prod(shape)
     if raw is not None:
         if len(raw) != count:
             raise ProtocolError(f"shape {shape} needs {count} bytes; got {len(raw)}.")
         return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
-    data = tensor.get("data")
-    try:
-        values = np.asarray(data, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
-        raise ProtocolError("UINT8 data must be a (nested) list of integers.") from None
-    if values.size != count:
-        raise ProtocolError(f"shape {shape} needs {count} values; got {values.size}.")
+    flat = _flatten(tensor.get("data"), count, depth=len(shape))
+    if len(flat) != count:
+        raise ProtocolError(f"shape {shape} needs {count} values; got {len(flat)}.")
+    if not set(map(type, flat)) <= {int}:
+        raise ProtocolError("UINT8 data must be integers (not floats, booleans or strings).")
+    values = np.array(flat, dtype=np.int64)
     if values.size and (values.min() < 0 or values.max() > 255):
         raise ProtocolError("UINT8 values must be between 0 and 255.")
     return values.astype(np.uint8).reshape(shape)
 
 
-def _files(tensor: dict[str, Any], shape: list[int], raw: bytes | None) -> list[bytes]:
+def _files(tensor: dict[str, Any], shape: list[int], raw: bytes | None,
+           max_files: int) -> list[bytes]:
     count = math.prod(shape) if shape else 0
     if count < 1:
         raise ProtocolError(f"BYTES input must hold at least one image; shape {shape}.")
+    if count > max_files:
+        raise ProtocolError(f"{count} images in one request; this server takes at most "
+                            f"{max_files} (--max-queue).")
     if raw is not None:
-        files = unpack_bytes(raw)
+        files = unpack_bytes(raw, limit=count)
     else:
-        data = tensor.get("data")
-        flat = _flatten(data)
+        flat = _flatten(tensor.get("data"), count, depth=len(shape))
+        if not all(isinstance(item, str) for item in flat):
+            raise ProtocolError("in JSON, BYTES elements must be base64 strings.")
         try:
             files = [base64.b64decode(item, validate=True) for item in flat]
-        except (TypeError, ValueError, binascii.Error):
+        except (ValueError, binascii.Error):
             raise ProtocolError("in JSON, BYTES elements must be base64 strings.") from None
     if len(files) != count:
         raise ProtocolError(f"shape {shape} needs {count} elements; got {len(files)}.")
     return files
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(data: Any, count: int, *, depth: int) -> list[Any]:
+    """The elements of a (nested) JSON data list, at most `depth` lists deep; stops as soon
+    as there are more than `count`."""
     if not isinstance(data, list):
         raise ProtocolError("the input has no data list (nor binary data).")
     flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    stack = [(iter(data), 1)]
+    while stack:
+        items, level = stack[-1]
+        item = next(items, _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            if level >= max(depth, 1):
+                raise ProtocolError(f"the data is nested deeper than the shape's {depth} "
+                                    "axes.")
+            stack.append((iter(item), level + 1))
+        else:
+            flat.append(item)
+            if len(flat) > count:
+                raise ProtocolError(f"the data holds more than the shape's {count} "
+                                    "elements.")
     return flat
 
 
-def unpack_bytes(raw: bytes) -> list[bytes]:
+_END = object()
+
+
+def unpack_bytes(raw: bytes, *, limit: int | None = None) -> list[bytes]:
     """The elements of a binary BYTES tensor (each a 4-byte little-endian length, then it).
 
     Raises:
-        ProtocolError: the lengths do not add up to the data.
+        ProtocolError: the lengths do not add up to the data, or there are more than `limit`.
     """
-    items, offset = [], 0
+    items: list[bytes] = []
+    offset = 0
     while offset < len(raw):
+        if limit is not None and len(items) >= limit:
+            raise ProtocolError(f"binary BYTES data holds more than {limit} elements.")
         if offset + 4 > len(raw):
             raise ProtocolError("binary BYTES data ends inside an element's length.")
         (length,) = struct.unpack_from("<I", raw, offset)
@@ -200,13 +238,17 @@ def pack_bytes(items: list[bytes]) -> bytes:
 
 def _outputs(request: dict[str, Any], output_name: str) -> tuple[RequestedOutput, ...]:
     params = request.get("parameters") or {}
-    binary_default = bool(params.get("binary_data_output", False)) \
-        if isinstance(params, dict) else False
+    if not isinstance(params, dict):
+        raise ProtocolError("the request's parameters must be an object.")
+    binary_default = _flag(params, "binary_data_output", False)
     asked = request.get("outputs")
     if asked is None:
         return (RequestedOutput(output_name, binary_default, 0),)
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise ProtocolError("outputs must be a list of objects.")
+    if len(asked) > 1:  # (checked before anything is computed for them)
+        raise ProtocolError(f"this model has one output, {output_name!r}: ask for it at "
+                            f"most once; got {len(asked)} outputs.")
     outputs = []
     for output in asked:
         name = output.get("name")
@@ -216,10 +258,17 @@ def _outputs(request: dict[str, Any], output_name: str) -> tuple[RequestedOutput
         if not isinstance(opts, dict):
             raise ProtocolError("an output's parameters must be an object.")
         k = opts.get("classification", 0)
-        if not isinstance(k, int) or k < 0:
+        if type(k) is not int or k < 0:
             raise ProtocolError("classification must be a non-negative integer.")
-        outputs.append(RequestedOutput(name, bool(opts.get("binary_data", binary_default)), k))
+        outputs.append(RequestedOutput(name, _flag(opts, "binary_data", binary_default), k))
     return tuple(outputs)
+
+
+def _flag(params: dict[str, Any], name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{name} must be true or false; got {json.dumps(value)[:40]}.")
+    return value
 
 
 def encode_infer_response(request: InferRequest, rows: np.ndarray, *, model_name: str,
