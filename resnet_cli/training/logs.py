@@ -62,10 +62,10 @@ class TensorBoardLog:
     def _write(self, record: EpochRecord) -> None:
         import tensorflow as tf
 
-        scalars = {TRAIN: {"epoch_loss": record.loss, "epoch_accuracy": record.accuracy,
-                           "epoch_learning_rate": record.lr},
-                   VALIDATION: {"epoch_loss": record.val_loss,
-                                "epoch_accuracy": record.val_accuracy}}
+        scalars: dict[str, dict[str, float | None]] = {
+            TRAIN: {"epoch_loss": record.loss, "epoch_accuracy": record.accuracy,
+                    "epoch_learning_rate": record.lr},
+            VALIDATION: {"epoch_loss": record.val_loss, "epoch_accuracy": record.val_accuracy}}
         for folder, values in scalars.items():
             with self._writers[folder].as_default():
                 for tag, value in values.items():
