@@ -42,6 +42,16 @@ class TrackingError(ResnetCliError):
     """The MLflow tracking store cannot be reached, or has no such run."""
 
 
+def reason(exc: BaseException) -> str:
+    """Why a call to the store failed, short: the OS's error where one is quoted (MLflow's
+    HTTP errors nest it three deep), else the first line of the message."""
+    text = first_line(exc)
+    errno = re.search(r"\[Errno -?\d+\] [^\"')]+", text)
+    if errno:
+        return errno.group(0).strip()
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def resolve_tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI`, else the file store in ./mlruns (as an absolute file: URI)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
@@ -95,7 +105,7 @@ class MlflowRun:
         except Exception as exc:
             self.broken = True
             self.warn(f"MLflow: could not log {what} to run {self.run_id} at {self.uri} "
-                      f"({first_line(exc)}); no more MLflow logging for this run, the run "
+                      f"({reason(exc)}); no more MLflow logging for this run, the run "
                       "folder is complete")
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -186,7 +196,7 @@ def start_run(*, experiment: str, run_name: str, tags: dict[str, str],
             client.update_run(run.info.run_id, status="RUNNING")
     except Exception as exc:  # whatever the store raises: nothing has started yet
         raise TrackingError(f"--mlflow: cannot reach the MLflow tracking store {uri} "
-                            f"({first_line(exc)}); set MLFLOW_TRACKING_URI to a store "
+                            f"({reason(exc)}); set MLFLOW_TRACKING_URI to a store "
                             "that answers, or leave out --mlflow.") from exc
     return MlflowRun(client, run.info.run_id, uri, experiment_id, warn)
 
@@ -218,7 +228,7 @@ def open_run(run_id: str, warn: Callable[[str], None]) -> MlflowRun:
         run = client.get_run(run_id)
     except Exception as exc:
         raise TrackingError(f"--mlflow-run {run_id}: not found in the MLflow tracking store "
-                            f"{uri} ({first_line(exc)}); set MLFLOW_TRACKING_URI to the "
+                            f"{uri} ({reason(exc)}); set MLFLOW_TRACKING_URI to the "
                             "store that holds it.") from exc
     return MlflowRun(client, run.info.run_id, uri, run.info.experiment_id, warn)
 

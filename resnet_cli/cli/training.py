@@ -41,7 +41,8 @@ ClassesOpt = Annotated[int, typer.Option(
 RunDirOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", metavar="RUN_DIR", file_okay=False,
     help="Run folder for model.keras, config.json, labels.txt, history.csv, metrics.json, "
-         "curves.png and checkpoints/. Default: runs/<data>-<model>-<date-time>.")]
+         "curves.png, logs/ (TensorBoard) and checkpoints/. Default: "
+         "runs/<data>-<model>-<date-time>.")]
 EpochsOpt = Annotated[int | None, typer.Option(
     "--epochs", "-e", min=1, metavar="N", show_default=False,
     help="Epochs of phase 1 (the new head on a frozen backbone), or of the whole network "
@@ -206,6 +207,8 @@ def finetune(
 
     with user_errors():
         options = _finetune_options(ctx)
+        if options.mlflow or options.mlflow_experiment:
+            _quiet_retries()
         if mixed_precision:
             print_warning("--mixed-precision is deprecated: use --precision bf16")
         result = run_finetune(options, explicit=_explicit_options(ctx),
@@ -259,6 +262,8 @@ def evaluate(
     failures = FailureReporter()
     with user_errors():
         data = _check_outputs(data_dir, report)
+        if mlflow_run:
+            _quiet_retries()
         tracker = open_run(mlflow_run, print_warning) if mlflow_run else None
         loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
                                          device=device, precision=precision.value),
@@ -287,6 +292,15 @@ def _check_outputs(data_dir: Path, report: Path | None) -> ClassFolders:
     if report is not None:
         check_report_dir(report)
     return data
+
+
+def _quiet_retries() -> None:
+    """Without -v, no urllib3 line for each retry of a tracking server: the outcome is one
+    error or warning line of our own."""
+    import logging
+
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _log_evaluation(tracker: MlflowRun, result: Evaluation, data_dir: Path,

@@ -48,6 +48,7 @@ from resnet_cli.training.head import (
     set_trainable,
 )
 from resnet_cli.training.logs import (
+    LOG_DIR,
     TensorBoardLog,
     finish_mlflow,
     mlflow_params,
@@ -192,7 +193,9 @@ def _finetune(opts: FinetuneOptions, state: dict[str, Any] | None, *, progress: 
         val_images=source_size(data.val) if data.val else 0, skipped=tuple(data.skipped),
         history=tuple(run.book.history), metrics=metrics, seconds=seconds,
         resumed_from=int(state["epoch"]) if state is not None else None,
-        total_epochs=run.phases[-1].end, curves_path=curves)
+        total_epochs=run.phases[-1].end, curves_path=curves,
+        logs_dir=str(run.run_dir / LOG_DIR) if run.chief else None,
+        mlflow_run=f"{mlflow.run_id} in {mlflow.uri}" if mlflow is not None else None)
 
 
 # ----- set-up -----------------------------------------------------------------------------
