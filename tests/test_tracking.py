@@ -196,25 +196,43 @@ def test_a_store_that_fails_during_the_run_costs_one_warning_not_the_run(tmp_pat
     mlflow_dir = Path(store.removeprefix("file://"))
 
     def remove_the_mlflow_run(record: EpochRecord, total: int) -> None:
-        if record.epoch == 1:  # the store loses the run: epoch 2 cannot be logged
-            info = json.loads((run / "config.json").read_text())["mlflow"]
-            shutil.rmtree(mlflow_dir / info["experiment_id"] / info["run_id"])
+        # The store loses the run after epoch 1 was logged: the end of the run cannot be.
+        info = json.loads((run / "config.json").read_text())["mlflow"]
+        shutil.rmtree(mlflow_dir / info["experiment_id"] / info["run_id"])
 
     warnings: list[str] = []
     result = finetune(FinetuneOptions(str(data), 3, run_dir=str(run), weights="none",
-                                      image_size=32, epochs=2, batch_size=4, mlflow=True),
+                                      image_size=32, epochs=1, batch_size=4, mlflow=True),
                       progress=False, on_epoch=remove_the_mlflow_run,
                       on_warning=warnings.append)
-    mlflow_warnings = [w for w in warnings if "MLflow" in w]
-    assert len(mlflow_warnings) == 1, warnings
-    assert "epoch 2" in mlflow_warnings[0] and "run folder is complete" in mlflow_warnings[0]
-    assert [r.epoch for r in result.history] == [1, 2]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("MLflow: could not log the metrics to run ")
+    assert "run folder is complete" in warnings[0]
+    assert [r.epoch for r in result.history] == [1]
     for name in ("model.keras", "metrics.json", "history.csv", "curves.png", "config.json"):
         assert (run / name).is_file(), name
-    # TensorBoard does not depend on the store: both epochs are there.
-    assert [s for s, _ in all_scalars(run / "logs" / "validation")["epoch_accuracy"]] == [1, 2]
+    assert [s for s, _ in all_scalars(run / "logs" / "validation")["epoch_accuracy"]] == [1]
     config = json.loads((run / "config.json").read_text())
     assert config["options"]["mlflow_experiment"] == "resnet-finetune"
+    assert config["finished"]
+
+
+def test_an_epoch_that_cannot_be_logged_warns_once_and_training_goes_on(tmp_path, store):
+    from resnet_cli.tracking import start_run
+
+    warnings: list[str] = []
+    tracker = start_run(experiment="e", run_name="r", tags={}, resume_id=None,
+                        warn=warnings.append)
+    record = EpochRecord(epoch=1, phase=1, lr=0.1, loss=1.0, accuracy=0.5, val_loss=1.0,
+                         val_accuracy=0.5, seconds=1.0)
+    tracker.epoch(record)
+    shutil.rmtree(Path(store.removeprefix("file://")) / tracker.experiment_id / tracker.run_id)
+    for epoch in (2, 3):  # neither raises; only the first failure is told
+        tracker.epoch(EpochRecord(**{**record.__dict__, "epoch": epoch}))
+    tracker.log_artifacts([tmp_path / "x"])
+    tracker.end("FINISHED")
+    assert len(warnings) == 1 and "could not log epoch 2" in warnings[0], warnings
+    assert tracker.broken
 
 
 def _closed_port() -> int:
