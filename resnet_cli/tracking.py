@@ -31,6 +31,7 @@ DEFAULT_EXPERIMENT = "resnet-finetune"
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 _PARAM_LENGTH = 6000  # MLflow's limit on a parameter's value
 _BATCH = 100  # parameters per log_batch call (MLflow's limit)
+_METRIC_BATCH = 1000  # metrics per log_batch call (MLflow's limit)
 # Fewer retries than MLflow's default (7, doubling from 2 s): a server that does not answer
 # fails the start in seconds, and costs a running epoch seconds rather than minutes.
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -127,8 +128,8 @@ class MlflowRun:
         def call() -> None:
             logged = {m.step for m in self.client.get_metric_history(self.run_id, "loss")}
             metrics = [m for r in records if r.epoch not in logged for m in _epoch_metrics(r)]
-            if metrics:
-                self.client.log_batch(self.run_id, metrics=metrics)
+            for start in range(0, len(metrics), _METRIC_BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[start:start + _METRIC_BATCH])
 
         self._guard("the epochs", call)
 

@@ -110,8 +110,8 @@ MlflowOpt = Annotated[bool, typer.Option(
                      "./mlruns. Needs the mlflow extra.")]
 MlflowExperimentOpt = Annotated[str | None, typer.Option(
     "--mlflow-experiment", metavar="NAME", show_default=False,
-    help="MLflow experiment of the run (implies --mlflow). [default: MLFLOW_EXPERIMENT_NAME, "
-         "else resnet-finetune]")]
+    help="MLflow experiment of the run (implies --mlflow). Default: MLFLOW_EXPERIMENT_NAME, "
+         "else resnet-finetune.")]
 
 # Parameters of `finetune` named differently from the FinetuneOptions field they fill.
 _RENAMED = {"output": "run_dir"}
