@@ -176,7 +176,8 @@ def test_two_phases_interrupted_and_resumed_hold_every_epoch_in_tensorboard_and_
         assert artifacts.get(name) == (run / name).stat().st_size, name
 
     evaluated = runner.invoke(app, ["evaluate", str(data), "--weights", str(run / "model.keras"),
-                                    "--mlflow-run", run_id, "--format", "json", "--quiet"])
+                                    "--mlflow-run", run_id, "--format", "json", "--quiet",
+                                    "--report", str(tmp_path / "report")])
     assert evaluated.exit_code == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert f"mlflow: logged to run {run_id}" in evaluated.stderr
@@ -184,7 +185,8 @@ def test_two_phases_interrupted_and_resumed_hold_every_epoch_in_tensorboard_and_
     assert after["evaluate/data/top1_accuracy"] == pytest.approx(report["top1_accuracy"])
     assert after["evaluate/data/images"] == 12
     files = [a.path for a in mlflow.list_artifacts(run_id, "evaluate/data")]
-    assert files == ["evaluate/data/evaluation.json"]
+    assert files == ["evaluate/data/confusion_matrix.png", "evaluate/data/evaluation.json",
+                     "evaluate/data/index.html"]
     copy = Path(mlflow.download_artifacts(run_id, "evaluate/data/evaluation.json",
                                           str(tmp_path)))
     assert json.loads(copy.read_text())["top1_accuracy"] == report["top1_accuracy"]
