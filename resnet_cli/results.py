@@ -134,3 +134,5 @@ class FinetuneResult:
     resumed_from: int | None = None
     total_epochs: int = 0
     curves_path: str | None = None  # curves.png in the run folder (None on other workers)
+    logs_dir: str | None = None  # the TensorBoard event files (None on other workers)
+    mlflow_run: str | None = None  # "ID in TRACKING_URI" with --mlflow

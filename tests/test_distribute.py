@@ -144,7 +144,7 @@ def test_two_workers_train_together_and_resume_after_both_are_killed(tmp_path: P
 
     # The chief alone wrote the run folder; the other worker removed its scratch folder.
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoints", "config.json", "curves.png", "history.csv", "labels.txt",
+        "checkpoints", "config.json", "curves.png", "history.csv", "labels.txt", "logs",
         "metrics.json", "model.keras"]
     assert sorted(scratch.iterdir()) == left_by_the_kill
     history = _history(run)

@@ -31,6 +31,7 @@ from resnet_cli.training.options import DEFAULTS, ClassWeight, FinetuneOptions, 
 if TYPE_CHECKING:
     from resnet_cli.datasets import ClassFolders
     from resnet_cli.results import EpochRecord, Evaluation
+    from resnet_cli.tracking import MlflowRun
 
 # Options of `finetune` only (shared ones come from cli.options). Their defaults are those of
 # FinetuneOptions (DEFAULTS), so each is written once.
@@ -40,7 +41,8 @@ ClassesOpt = Annotated[int, typer.Option(
 RunDirOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", metavar="RUN_DIR", file_okay=False,
     help="Run folder for model.keras, config.json, labels.txt, history.csv, metrics.json, "
-         "curves.png and checkpoints/. Default: runs/<data>-<model>-<date-time>.")]
+         "curves.png, logs/ (TensorBoard) and checkpoints/. Default: "
+         "runs/<data>-<model>-<date-time>.")]
 EpochsOpt = Annotated[int | None, typer.Option(
     "--epochs", "-e", min=1, metavar="N", show_default=False,
     help="Epochs of phase 1 (the new head on a frozen backbone), or of the whole network "
@@ -100,6 +102,16 @@ StrategyOpt = Annotated[Strategy, typer.Option(
     "--strategy", metavar="auto|mirrored|multiworker", case_sensitive=False,
     help="mirrored: all GPUs of this machine; multiworker: several machines, from "
          "TF_CONFIG; auto: mirrored when more than one GPU is visible.")]
+
+MlflowOpt = Annotated[bool, typer.Option(
+    "--mlflow", help="Also log the run to MLflow: the options and model card as parameters, "
+                     "every epoch's metrics, the final scores, and model.keras, config.json "
+                     "and curves.png as artifacts. The store is MLFLOW_TRACKING_URI, else "
+                     "./mlruns. Needs the mlflow extra.")]
+MlflowExperimentOpt = Annotated[str | None, typer.Option(
+    "--mlflow-experiment", metavar="NAME", show_default=False,
+    help="MLflow experiment of the run (implies --mlflow). Default: MLFLOW_EXPERIMENT_NAME, "
+         "else resnet-finetune.")]
 
 # Parameters of `finetune` named differently from the FinetuneOptions field they fill.
 _RENAMED = {"output": "run_dir"}
@@ -163,6 +175,8 @@ def finetune(
     mixed_precision: MixedPrecisionOpt = False,
     strategy: StrategyOpt = DEFAULTS.strategy,
     device: DeviceOpt = DEFAULTS.device,
+    mlflow: MlflowOpt = DEFAULTS.mlflow,
+    mlflow_experiment: MlflowExperimentOpt = DEFAULTS.mlflow_experiment,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a classifier for your own classes (transfer learning, or from scratch).
@@ -177,7 +191,8 @@ def finetune(
     the replicas of --strategy; for multiworker, run the same command on every machine with
     TF_CONFIG describing the cluster (the chief writes RUN_DIR). --precision bf16 trains under
     Keras mixed precision where the hardware has it (the classifier in float32); model.keras
-    is saved in float32 and runs at any --precision.
+    is saved in float32 and runs at any --precision. RUN_DIR/logs holds TensorBoard event
+    files (tensorboard --logdir runs/); --mlflow also logs the run to MLflow.
 
     Example: resnet finetune data/ --classes 10 -o runs/pets --epochs 5
     """
@@ -192,6 +207,8 @@ def finetune(
 
     with user_errors():
         options = _finetune_options(ctx)
+        if options.mlflow or options.mlflow_experiment:
+            _quiet_retries()
         if mixed_precision:
             print_warning("--mixed-precision is deprecated: use --precision bf16")
         result = run_finetune(options, explicit=_explicit_options(ctx),
@@ -220,6 +237,11 @@ def evaluate(
              "missing; files of these names in it are replaced.")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.fp32,
+    mlflow_run: Annotated[str | None, typer.Option(
+        "--mlflow-run", metavar="ID",
+        help="Add the scores (evaluate/<DATA_DIR name>/...) and the JSON report (and the "
+             "--report page) to this MLflow run, in MLFLOW_TRACKING_URI (else ./mlruns). "
+             "Needs the mlflow extra.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Accuracy of a model on a folder-per-class dataset.
@@ -235,10 +257,14 @@ def evaluate(
     from resnet_cli.evaluate import evaluate_files
     from resnet_cli.models import ModelOptions, load_model
     from resnet_cli.render.evaluate import render_evaluation, write_evaluation_json
+    from resnet_cli.tracking import open_run
 
     failures = FailureReporter()
     with user_errors():
         data = _check_outputs(data_dir, report)
+        if mlflow_run:
+            _quiet_retries()
+        tracker = open_run(mlflow_run, print_warning) if mlflow_run else None
         loaded = load_model(ModelOptions(model=model, weights=weights, image_size=image_size,
                                          device=device, precision=precision.value),
                             progress=not quiet)
@@ -251,6 +277,8 @@ def evaluate(
         render_evaluation(result, make_console())
     if report is not None:
         _write_html_report(result, report, weights)
+    if tracker is not None:
+        _log_evaluation(tracker, result, data_dir, report)
     raise typer.Exit(failures.exit_code)
 
 
@@ -264,6 +292,43 @@ def _check_outputs(data_dir: Path, report: Path | None) -> ClassFolders:
     if report is not None:
         check_report_dir(report)
     return data
+
+
+def _quiet_retries() -> None:
+    """Without -v, no urllib3 line for each retry of a tracking server: the outcome is one
+    error or warning line of our own."""
+    import logging
+
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+def _log_evaluation(tracker: MlflowRun, result: Evaluation, data_dir: Path,
+                    report: Path | None) -> None:
+    """`--mlflow-run ID`: the scores as metrics and the reports as artifacts, under
+    evaluate/<name of DATA_DIR>/."""
+    import tempfile
+
+    from resnet_cli.render.evaluate import write_evaluation_json
+    from resnet_cli.render.report import INDEX_NAME, MATRIX_NAME
+    from resnet_cli.tracking import metric_key
+
+    prefix = f"evaluate/{metric_key(data_dir.resolve().name)}"
+    tracker.log_metrics({f"{prefix}/top1_accuracy": result.top1,
+                         f"{prefix}/top5_accuracy": result.top5,
+                         f"{prefix}/macro_f1": result.to_dict()["macro_f1"],
+                         f"{prefix}/images": result.images})
+    with tempfile.TemporaryDirectory(prefix="resnet-evaluate-") as scratch:
+        path = Path(scratch) / "evaluation.json"
+        with open(path, "w", encoding="utf-8") as handle:
+            write_evaluation_json(result, handle)
+        files = [path]
+        if report is not None:
+            files += [report / INDEX_NAME, report / MATRIX_NAME]
+        tracker.log_artifacts(files, prefix)
+    if not tracker.broken:
+        make_console(stderr=True).print(f"mlflow: logged to run {tracker.run_id}",
+                                        markup=False)
 
 
 def _write_html_report(result: Evaluation, folder: Path, weights: str) -> None:

@@ -41,3 +41,7 @@ def render_finetune(result: FinetuneResult, console: Console) -> None:
         console.print(f"validation accuracy {m.top1:.4f}{top5}")
     if result.curves_path is not None:
         console.print(f"curves: {result.curves_path}", markup=False)
+    if result.logs_dir is not None:
+        console.print(f"tensorboard: {result.logs_dir}", markup=False)
+    if result.mlflow_run is not None:
+        console.print(f"mlflow: run {result.mlflow_run}", markup=False)

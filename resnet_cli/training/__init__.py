@@ -7,13 +7,14 @@ learning rate; with `--weights none` the whole network trains from the start.
 A run folder holds `model.keras` (the whole model, taking preprocessed input like the Keras
 applications), `config.json` (every resolved option, package versions and the model card that
 `classify`, `extract`, `summary` and `evaluate` read), `labels.txt`, `history.csv`,
-`metrics.json` and `checkpoints/` (the last epoch's model with its optimizer state, for
-`--resume`).
+`metrics.json`, `logs/` (TensorBoard event files) and `checkpoints/` (the last epoch's model
+with its optimizer state, for `--resume`); `--mlflow` also logs the run to MLflow.
 
 Modules: `options` (what was asked, checked without TensorFlow), `run_folder` (the files of a
 run), `data` (the training and validation images, decoded or streamed), `head` (the classifier
 and each phase's optimizer), `distribute` (strategies), `engine` (the distributed train and
-evaluation steps, and precise BatchNorm statistics), `epochs` (the epochs of a phase) and
+evaluation steps, and precise BatchNorm statistics), `epochs` (the epochs of a phase), `logs`
+(TensorBoard and MLflow) and
 `loop` (`finetune()` itself).
 """
 

@@ -27,6 +27,7 @@ from resnet_cli.models import dtype_policy, load_backbone_weights
 from resnet_cli.outputs import atomic_path, output_errors
 from resnet_cli.registry import ModelSpec, get_spec
 from resnet_cli.results import EpochRecord, Evaluation, FinetuneResult
+from resnet_cli.tracking import MlflowRun
 from resnet_cli.training.data import (
     TrainingData,
     dataset_info,
@@ -45,6 +46,13 @@ from resnet_cli.training.head import (
     inference_copy,
     restore_phase,
     set_trainable,
+)
+from resnet_cli.training.logs import (
+    LOG_DIR,
+    TensorBoardLog,
+    finish_mlflow,
+    mlflow_params,
+    start_mlflow,
 )
 from resnet_cli.training.options import (
     FinetuneOptions,
@@ -100,6 +108,8 @@ class _Run:
     done: int  # epochs completed
     augment: Callable[[Any], Any] | None
     val_ds: Any
+    mlflow: MlflowRun | None  # the MLflow run of --mlflow (on the chief)
+    tensorboard: TensorBoardLog | None  # RUN_DIR/logs (on the chief)
 
     @property
     def run_dir(self) -> Path:
@@ -129,7 +139,8 @@ def finetune(
 
     Raises:
         UsageError, DatasetError, OutputError, WeightsError, ModelFileError, DeviceError: see
-            their messages; TrainingInterrupted on Ctrl-C.
+            their messages; TrainingInterrupted on Ctrl-C; TrackingError: `mlflow` and the
+            MLflow store cannot be reached (before anything is trained).
     """
     warn = on_warning or log.warning
     opts = resolve_options(options)
@@ -137,21 +148,30 @@ def finetune(
     if state is not None:
         opts = resolve_options(dataclasses.replace(opts, resume=True))
     run_dir = Path(str(opts.run_dir))
-    # Disk full, read-only, permission denied... in the run folder: one line naming it; an
-    # old run replaced with --overwrite comes back if the new one fails.
-    with output_errors(run_dir), replacing(run_dir, overwrite=opts.overwrite and state is None):
-        return _finetune(opts, state, progress=progress, on_epoch=on_epoch, warn=warn)
+    mlflow = start_mlflow(opts, state, warn) if is_chief() else None
+    try:
+        # Disk full, read-only, permission denied... in the run folder: one line naming it;
+        # an old run replaced with --overwrite comes back if the new one fails.
+        with output_errors(run_dir), replacing(run_dir,
+                                               overwrite=opts.overwrite and state is None):
+            return _finetune(opts, state, progress=progress, on_epoch=on_epoch, warn=warn,
+                             mlflow=mlflow)
+    except BaseException as exc:
+        if mlflow is not None:
+            interrupted = isinstance(exc, (KeyboardInterrupt, TrainingInterrupted))
+            mlflow.end("KILLED" if interrupted else "FAILED")
+        raise
 
 
 def _finetune(opts: FinetuneOptions, state: dict[str, Any] | None, *, progress: bool,
               on_epoch: Callable[[EpochRecord, int], None] | None,
-              warn: Callable[[str], None]) -> FinetuneResult:
+              warn: Callable[[str], None], mlflow: MlflowRun | None) -> FinetuneResult:
     splits = scan_splits(opts)
     if state is not None:
         check_same_dataset(Path(str(opts.run_dir)), splits.data, warn)
     runtime = _start_runtime(opts, state, warn)
     data = load_training_data(opts, splits, progress=progress, warn=warn)
-    run = _open_run(opts, data, runtime, state, on_epoch)
+    run = _open_run(opts, data, runtime, state, on_epoch, mlflow)
     try:
         final, seconds = _train(run, progress=progress)
     except KeyboardInterrupt:
@@ -160,15 +180,22 @@ def _finetune(opts: FinetuneOptions, state: dict[str, Any] | None, *, progress: 
         raise TrainingInterrupted(
             f"Interrupted: {where}. Continue with: resnet finetune {opts.data_dir} --classes "
             f"{opts.classes} -o {run.run_dir} --resume") from None
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
     metrics = _evaluate(run, final, progress=progress)
     curves = _write_results(run, final, metrics, seconds)
+    if mlflow is not None:
+        finish_mlflow(mlflow, run.write_dir, metrics, seconds)
     return FinetuneResult(
         run_dir=str(run.run_dir), model_path=str(run.run_dir / "model.keras"),
         class_names=splits.data.class_names, train_images=source_size(data.train),
         val_images=source_size(data.val) if data.val else 0, skipped=tuple(data.skipped),
         history=tuple(run.book.history), metrics=metrics, seconds=seconds,
         resumed_from=int(state["epoch"]) if state is not None else None,
-        total_epochs=run.phases[-1].end, curves_path=curves)
+        total_epochs=run.phases[-1].end, curves_path=curves,
+        logs_dir=str(run.run_dir / LOG_DIR) if run.chief else None,
+        mlflow_run=f"{mlflow.run_id} in {mlflow.uri}" if mlflow is not None else None)
 
 
 # ----- set-up -----------------------------------------------------------------------------
@@ -213,9 +240,11 @@ def _training_policy(opts: FinetuneOptions, device: str, state: dict[str, Any] |
 
 def _open_run(opts: FinetuneOptions, data: TrainingData, runtime: _Runtime,
               state: dict[str, Any] | None,
-              on_epoch: Callable[[EpochRecord, int], None] | None) -> _Run:
+              on_epoch: Callable[[EpochRecord, int], None] | None,
+              mlflow: MlflowRun | None) -> _Run:
     """Create the run folder's bookkeeping and config.json (written once the model is
-    built), labels.txt and the checkpoints' model card."""
+    built), labels.txt, the checkpoints' model card, the TensorBoard event files and the
+    MLflow run's parameters (both with the epochs already done, where they lack them)."""
     spec = get_spec(opts.model)
     run_dir = Path(str(opts.run_dir))
     chief = is_chief()
@@ -235,15 +264,23 @@ def _open_run(opts: FinetuneOptions, data: TrainingData, runtime: _Runtime,
         previous = json.loads((run_dir / CONFIG_FILENAME).read_text())
         config["started"] = previous.get("started", config["started"])
         config["resumed"] = [*previous.get("resumed", []), {"from_epoch": done, "at": now()}]
+    tensorboard = None
     if chief:
         write_labels(write_dir / "labels.txt", class_names)
         write_json(write_dir / CHECKPOINT_DIR / CONFIG_FILENAME, card_entry(card))
+        tensorboard = TensorBoardLog(write_dir, history)
+        book.logs.append(tensorboard)
+    if mlflow is not None:
+        config["mlflow"] = mlflow.info()
+        mlflow.log_params(mlflow_params(config))
+        mlflow.log_epochs(history)
+        book.logs.append(mlflow)
     augment = make_augmenter(opts.seed, flip=opts.flip) if opts.augment else None
     val_ds = (make_dataset(data.val, num_classes=len(class_names), batch_size=data.batch,
                            preprocess_mode=spec.preprocess_mode, training=False)
               if data.val is not None else None)
     return _Run(opts, spec, data, runtime, state, phases, card, config, book, chief, done,
-                augment, val_ds)
+                augment, val_ds, mlflow, tensorboard)
 
 
 def _training_info(opts: FinetuneOptions, data: TrainingData, runtime: _Runtime) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from resnet_cli.devices import parse_precision
 from resnet_cli.errors import UsageError
 from resnet_cli.images import ResizeMode
 from resnet_cli.registry import DEFAULT_MODEL, ModelSpec, get_spec
+from resnet_cli.tracking import resolve_experiment
 
 E = TypeVar("E", bound=Enum)
 
@@ -59,6 +60,8 @@ class FinetuneOptions:
             has it (`devices.precision_policy`, the rule of every command's `--precision`).
         memory_budget: bytes of decoded pixels kept in memory (None: 4 GiB, at most a quarter
             of the RAM); larger datasets are decoded on the fly.
+        mlflow: also log the run to MLflow (`tracking`); giving `mlflow_experiment` turns it
+            on. `mlflow_experiment` None: MLFLOW_EXPERIMENT_NAME, else resnet-finetune.
     """
 
     data_dir: str
@@ -90,6 +93,8 @@ class FinetuneOptions:
     strategy: Strategy = Strategy.auto
     device: str = "auto"
     memory_budget: int | None = None
+    mlflow: bool = False
+    mlflow_experiment: str | None = None
 
     @property
     def pretrained(self) -> bool:
@@ -140,10 +145,12 @@ def resolve_options(options: FinetuneOptions) -> FinetuneOptions:
     unfreeze = parse_unfreeze(options.unfreeze, spec)
     _check_run(options, strategy)
     run_dir = options.run_dir or default_run_dir(options.data_dir, spec.name)
+    mlflow = options.mlflow or bool(options.mlflow_experiment)
     return dataclasses.replace(
         options, model=spec.name, weights=weights, image_size=size, fine_tune_epochs=fine_tune,
         unfreeze=unfreeze, run_dir=run_dir, class_weight=class_weight, strategy=strategy,
-        resize=resize, precision=precision)
+        resize=resize, precision=precision, mlflow=mlflow,
+        mlflow_experiment=resolve_experiment(options.mlflow_experiment) if mlflow else None)
 
 
 def _check_weights(weights: str, spec: ModelSpec) -> None:

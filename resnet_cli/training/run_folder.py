@@ -14,10 +14,10 @@ import math
 import platform
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from resnet_cli.card import CONFIG_FILENAME, ModelCard, card_entry
 from resnet_cli.datasets import ClassFolders
@@ -223,9 +223,16 @@ def read_history(path: Path) -> list[EpochRecord]:
     return rows
 
 
+class EpochLog(Protocol):
+    """A log told of every finished epoch (TensorBoard's event files, an MLflow run)."""
+
+    def epoch(self, record: EpochRecord) -> None: ...
+
+
 @dataclass
 class RunBook:
-    """Per-epoch bookkeeping of a run: checkpoint, history.csv, state.json, then `on_epoch`."""
+    """Per-epoch bookkeeping of a run: checkpoint, history.csv, state.json, the `logs`,
+    then `on_epoch`."""
 
     run_dir: Path
     write_dir: Path  # run_dir, or a scratch folder on non-chief workers
@@ -233,6 +240,7 @@ class RunBook:
     keep: int
     history: list[EpochRecord]
     on_epoch: Callable[[EpochRecord, int], None] | None
+    logs: list[EpochLog] = field(default_factory=list)
 
     @property
     def checkpoints(self) -> Path:
@@ -248,6 +256,9 @@ class RunBook:
         write_json(self.checkpoints / STATE_FILE, {
             "epoch": record.epoch, "phase": record.phase, "checkpoint": name,
             "saved": now()})
+        # After state.json: a log never holds an epoch that --resume would train again.
+        for epoch_log in self.logs:
+            epoch_log.epoch(record)
         if self.keep:
             old = sorted(self.checkpoints.glob("epoch-*.keras"))[:-self.keep]
             for path in old:
