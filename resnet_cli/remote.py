@@ -134,8 +134,10 @@ class _TransientError(Exception):
 def _read_once(fs: Any, path: str, url: str, *, limit: int, http: bool) -> bytes:
     """One attempt at reading the whole object; a transient HTTP failure raises
     `_TransientError`, every other failure `ImageError`."""
-    # HTTP: stream the body (a server need not support ranges); others: no read-ahead cache.
-    kwargs: dict[str, Any] = {"block_size": 0} if http else {"cache_type": "none"}
+    # HTTP: stream the body (a server need not support ranges) in one GET: fsspec probes the
+    # size with another request unless given one, which its stream file never uses (the
+    # length checked is the GET's own Content-Length). Others: no read-ahead cache.
+    kwargs: dict[str, Any] = {"block_size": 0, "size": 1} if http else {"cache_type": "none"}
     try:
         with fs.open(path, "rb", **kwargs) as handle:
             expected = _announced_size(handle, http=http)
@@ -145,8 +147,11 @@ def _read_once(fs: Any, path: str, url: str, *, limit: int, http: bool) -> bytes
     except (ImageError, _TransientError):
         raise
     except FileNotFoundError as exc:
-        cause = exc.__cause__  # fsspec's HTTP reports a refused connection as not found too
-        if cause is not None and getattr(cause, "status", None) is None:
+        # fsspec's HTTP reports a refused connection, or a 5xx of its size probe, as not
+        # found too: only a 404 (or no cause) is a missing object.
+        cause = exc.__cause__
+        status = getattr(cause, "status", None)
+        if cause is not None and (status is None or (http and status != 404)):
             raise _transient_or_error(url, cause, http=http) from None
         raise ImageError(url, "no such object") from None
     except PermissionError:
