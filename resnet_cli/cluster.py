@@ -21,6 +21,7 @@ are changed only on a copy, for the run.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 import time
@@ -55,6 +56,7 @@ READ_TASK_MEMORY = 64 * 1024 * 1024  # bytes a reading task needs besides its ba
 READ_THREADS = 8  # per reading task, for remote (URL) inputs that wait on the network
 DEFAULT_TIMEOUT = 60.0  # seconds to wait for the cluster to offer the pool (--ray-timeout)
 _POLL_SECONDS = 0.5
+CONNECT_SECONDS = 10.0  # to reach the head's port before Ray is asked to join it
 
 
 class ClusterError(ResnetCliError):
@@ -153,6 +155,7 @@ def _connect(ray: Any, address: str) -> bool:
     """Join (or start, for `local`) the cluster; True when this call started Ray here."""
     if ray.is_initialized():  # a program that set Ray up itself (a notebook, the tests)
         return False
+    _check_reachable(address)
     runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -160,9 +163,31 @@ def _connect(ray: Any, address: str) -> bool:
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError, gRPC errors...
         hint = (" Start one with `ray start --head`, set RAY_ADDRESS, or use --ray local."
                 if address == "auto" else "")
+        if address != "local" and "RAY_AUTH_MODE" not in os.environ:
+            # Ray's own reason (an unauthenticated call) goes to its C++ log, not the error
+            hint += (" A cluster with token authentication also needs RAY_AUTH_MODE=token "
+                     "here (and its token in ~/.ray/auth_token).")
         raise ClusterError(f"cannot join the Ray cluster at {address}: "
                            f"{first_line(exc)}.{hint}") from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in one line when nothing listens at HOST:PORT: `ray.init` would retry for
+    minutes against a dead address without a word."""
+    import socket
+
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]\s]+?)\]?:(\d+)", address)
+    if match is None:  # auto, local: Ray finds (or starts) the cluster itself
+        return
+    try:
+        with socket.create_connection((match.group(1), int(match.group(2))),
+                                      timeout=CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"cannot join the Ray cluster at {address}: nothing answers there "
+                           f"({exc.strerror or first_line(exc)}). Check the head's address "
+                           "(`ray start --head` prints it).") from None
 
 
 @contextmanager

@@ -5,6 +5,11 @@ image objects under it) and `images.load_image` reads a URL with `read_url`, the
 bytes through the same reader as a local file. fsspec (with s3fs, gcsfs and aiohttp behind it)
 is imported only when an input has a scheme, so local runs never pay for it.
 
+A read takes the whole body (a stream read is a loop) and checks its length against what the
+server announced; `http(s)://` reads retry transient failures with backoff (s3fs and gcsfs
+retry their own). `redact_urls` masks credentials that a URL carries (userinfo, query values
+such as presigned signatures) in the lines the command line prints and logs.
+
 Credentials and endpoints come from the environment only, never from the command line: the
 AWS conventions for S3 (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, `AWS_ENDPOINT_URL` for MinIO and
 other S3-compatible stores, ...) and Google's for GCS (`GOOGLE_APPLICATION_CREDENTIALS`, the
@@ -31,6 +36,7 @@ HTTP_ATTEMPTS = 4  # one read and 3 retries: about 1.75 s of backoff at most
 HTTP_BACKOFF_SECONDS = 0.25  # doubled after each failed attempt (with jitter)
 HTTP_MAX_BACKOFF_SECONDS = 4.0
 _RETRY_STATUSES = frozenset({408, 425, 429})  # and every 5xx
+_SHORT_BODY_RE = re.compile(r"received (\d+) of (\d+) bytes")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _GLOB_CHARS = frozenset("*?[")
 _HTTP = ("http", "https")
@@ -202,7 +208,11 @@ def _transient_or_error(url: str, exc: BaseException, *, http: bool) -> Exceptio
     """`exc` of one read as `_TransientError` (HTTP: worth another attempt) or ImageError."""
     status = getattr(exc, "status", None)
     reason = f"cannot read: {first_line(exc)}"
-    if isinstance(status, int):
+    short = _SHORT_BODY_RE.search(str(exc))  # aiohttp's own Content-Length check
+    if short:
+        status = None
+        reason = f"cut short: got {int(short[1]):,} of {int(short[2]):,} bytes"
+    elif isinstance(status, int):
         message = str(getattr(exc, "message", "") or "")
         reason = f"HTTP {status}" + (f" {message}" if message else "")
     if http and (status in _RETRY_STATUSES or (isinstance(status, int) and status >= 500)

@@ -364,3 +364,14 @@ def test_ray_options_are_checked(runner, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UsageError, match=r"pip install 'resnet\[ray\]'"):
         require_module("ray", extra="ray", purpose="--ray")
+
+
+def test_an_address_where_nothing_listens_fails_at_once() -> None:
+    from resnet_cli.cluster import ClusterError, _check_reachable
+
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=r"cannot join the Ray cluster at 127\.0\.0\.1:\d+: "
+                                           r"nothing answers there \(Connection refused\)"):
+        _check_reachable(f"127.0.0.1:{_free_port()}")
+    assert time.monotonic() - started < 10
+    _check_reachable("auto")  # Ray finds that one itself
