@@ -56,6 +56,7 @@ READ_TASK_MEMORY = 64 * 1024 * 1024  # bytes a reading task needs besides its ba
 READ_THREADS = 8  # per reading task, for remote (URL) inputs that wait on the network
 DEFAULT_TIMEOUT = 60.0  # seconds to wait for the cluster to offer the pool (--ray-timeout)
 _POLL_SECONDS = 0.5
+ACTOR_START_SECONDS = 600.0  # for an actor to import TensorFlow and load the model
 CONNECT_SECONDS = 10.0  # to reach the head's port before Ray is asked to join it
 
 
@@ -102,13 +103,14 @@ def ray_runner(address: str, actors: str, options: ModelOptions, *,
     load from `options`, a `BatchRunner` (what `inference.predict_paths` is locally) that runs
     it on the Ray cluster at `address` with `actors` (MIN[:MAX]) actors, batches in input
     order. With `features` (resolved by `extract`), the actors run extract's feature model.
-    The actors get the defaults the command resolved (image size, the resize of the card),
-    never the raw options."""
+    The actors get the defaults the command resolved (image size, the resize of the card,
+    the precision this machine settled on), never the raw options."""
     low, high = parse_ray_actors(actors)
     settings = RaySettings(address=address, min_actors=low, max_actors=high, timeout=timeout)
 
     def bind(loaded: LoadedModel, *, features: FeatureSpec | None = None) -> BatchRunner:
-        resolved = replace(options, image_size=loaded.image_size)
+        resolved = replace(options, image_size=loaded.image_size,
+                           precision="fp32" if loaded.policy == "float32" else "bf16")
         if features is not None:
             resolved = replace(resolved, include_top=False, pooling=None)
         return _runner(ModelRecipe(resolved, loaded.image_size, features), settings,
@@ -199,7 +201,9 @@ def _ray_data_settings(ray: Any, settings: RaySettings) -> Iterator[Any]:
     context = ray.data.DataContext.get_current().copy()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # the command's own bar counts rows on arrival
-    context.wait_for_min_actors_s = max(1, int(settings.timeout))  # a pool that never starts
+    # A pool that never starts (its resources taken between our check and Ray's scheduling)
+    # fails too; the bound includes the actors' loading of the model.
+    context.wait_for_min_actors_s = int(settings.timeout + ACTOR_START_SECONDS)
     ray_log = logging.getLogger("ray.data")
     level = ray_log.level
     ray_log.setLevel(logging.ERROR)
@@ -237,7 +241,8 @@ def _run_on_cluster(ray: Any, context: Any, recipe: ModelRecipe, pool: tuple[int
                                     paths, progress=progress, on_failure=on_failure, desc=desc)
     except ray.exceptions.GetTimeoutError:
         raise ClusterError(f"the Ray cluster did not start {low} model actor(s) within "
-                           f"--ray-timeout {context.wait_for_min_actors_s} s.") from None
+                           f"{context.wait_for_min_actors_s} s (--ray-timeout plus "
+                           f"{ACTOR_START_SECONDS:g} s to load the model).") from None
 
 
 @dataclass(frozen=True)
