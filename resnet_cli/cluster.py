@@ -165,12 +165,12 @@ def _connect(ray: Any, address: str) -> bool:
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError, gRPC errors...
         hint = (" Start one with `ray start --head`, set RAY_ADDRESS, or use --ray local."
                 if address == "auto" else "")
-        if address != "local" and "RAY_AUTH_MODE" not in os.environ:
+        if address not in ("auto", "local") and "RAY_AUTH_MODE" not in os.environ:
             # Ray's own reason (an unauthenticated call) goes to its C++ log, not the error
             hint += (" A cluster with token authentication also needs RAY_AUTH_MODE=token "
                      "here (and its token in ~/.ray/auth_token).")
         raise ClusterError(f"cannot join the Ray cluster at {address}: "
-                           f"{first_line(exc)}.{hint}") from None
+                           f"{first_line(exc).rstrip('.')}.{hint}") from None
     return True
 
 
