@@ -50,10 +50,10 @@ def write_photos(folder: Path, count: int) -> list[str]:
     return paths
 
 
-def timed(factory: Callable[[Any], Any], stamps: list[tuple[float, int]]) -> Callable[[Any], Any]:
+def timed(factory: Callable[..., Any], stamps: list[tuple[float, int]]) -> Callable[..., Any]:
     """A runner factory that records when each batch reaches the writer."""
-    def bind(loaded: Any) -> Any:
-        run = factory(loaded)
+    def bind(loaded: Any, *, features: Any = None) -> Any:
+        run = factory(loaded, features=features)
 
         def wrapped(paths: list[str], **kwargs: Any) -> Iterator[Any]:
             for batch in run(paths, **kwargs):
@@ -63,9 +63,9 @@ def timed(factory: Callable[[Any], Any], stamps: list[tuple[float, int]]) -> Cal
     return bind
 
 
-def local_factory(loaded: Any) -> Any:
+def local_factory(loaded: Any, *, features: Any = None) -> Any:
     return functools.partial(predict_paths, loaded=loaded,
-                             model=build_feature_model(loaded, pooling="avg"))
+                             model=build_feature_model(loaded, pooling=features.pooling))
 
 
 def one_run(paths: list[str], out: Path, options: ModelOptions, factory: Any, batch: int
@@ -97,7 +97,7 @@ def main() -> None:
         options = ModelOptions(weights=str(weights), device="cpu")
         local = one_run(paths, root / "local.npz", options, local_factory, args.batch_size)
         ray = one_run(paths, root / "ray.npz", options,
-                      ray_runner("local", "1", options, features=("avg", None)),
+                      ray_runner("local", "1", options),
                       args.batch_size)
     diff = float(np.abs(local[2] - ray[2]).max())
     same = local[3] == ray[3] == paths

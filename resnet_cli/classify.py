@@ -46,6 +46,7 @@ def classify_images(
         top_k = min(DEFAULT_TOP_K, len(labels))
     if not 1 <= top_k <= len(labels):
         raise UsageError(f"--top-k must be between 1 and {len(labels)}; got {top_k}.")
+    resize = loaded.resize_or_own(resize)  # resolved here, for whichever path runs it
     run = runner(loaded) if runner else functools.partial(predict_paths, loaded=loaded)
     for batch in run(paths, batch_size=batch_size, resize=resize, progress=progress,
                      on_failure=on_failure):

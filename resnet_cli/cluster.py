@@ -10,17 +10,23 @@ the local path yields, so the writers downstream are unchanged and stream as the
 
 An actor that dies (a killed process, a node taken back) is restarted by Ray and its batches
 are run again (Ray Data's defaults for actor pools: unlimited restarts and task retries, and
-a bounded number of actors that fail while loading the model). A pool that the cluster can
-never hold is refused up front, in one line: the actors and at least one reading task must
-fit in the cluster's CPUs (and GPUs).
+a bounded number of actors that fail while loading the model). The pool is sized from the
+cluster's AVAILABLE resources: the minimum pool and one reading task must fit in what is free
+now, or the run waits up to `--ray-timeout` for it (an autoscaling cluster adding workers, a
+busy one finishing), says on stderr what it waits for, and then fails in one line. Every
+failure of Ray's is one `ClusterError` line; Ray Data's global settings (its `DataContext`)
+are changed only on a copy, for the run.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 from resnet_cli.errors import ImageError, ResnetCliError, UsageError, first_line
 from resnet_cli.extras import require_module
 from resnet_cli.images import ResizeMode, load_image
-from resnet_cli.inference import Batch, BatchRunner, RunnerFactory, fitted_batch_size
+from resnet_cli.inference import (
+    Batch,
+    BatchRunner,
+    FeatureSpec,
+    RunnerFactory,
+    fitted_batch_size,
+)
 from resnet_cli.loaded import FailureHandler, LoadedModel
 from resnet_cli.models import ModelOptions
 from resnet_cli.remote import is_url
@@ -42,6 +54,10 @@ log = logging.getLogger(__name__)
 
 READ_TASK_MEMORY = 64 * 1024 * 1024  # bytes a reading task needs besides its batch
 READ_THREADS = 8  # per reading task, for remote (URL) inputs that wait on the network
+DEFAULT_TIMEOUT = 60.0  # seconds to wait for the cluster to offer the pool (--ray-timeout)
+_POLL_SECONDS = 0.5
+ACTOR_START_SECONDS = 600.0  # for an actor to import TensorFlow and load the model
+CONNECT_SECONDS = 10.0  # to reach the head's port before Ray is asked to join it
 
 
 class ClusterError(ResnetCliError):
@@ -50,21 +66,24 @@ class ClusterError(ResnetCliError):
 
 @dataclass(frozen=True)
 class RaySettings:
-    """Where and how wide to run: `address` is auto, local or ray://host:port."""
+    """Where and how wide to run: `address` is auto, local, HOST:PORT or ray://HOST:PORT;
+    `timeout` bounds the wait for the cluster to offer the pool's resources."""
 
     address: str = "auto"
     min_actors: int = 1
     max_actors: int | None = None  # None: as many as the cluster holds
+    timeout: float = DEFAULT_TIMEOUT
 
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    """What each actor builds: the model of `options`, or with `features` = (pooling, layer)
-    the feature model `extract` cuts from it."""
+    """What each actor builds: the model of `options` (every default already resolved
+    where the command loaded it), or with `features` the feature model `extract` cuts
+    from it."""
 
     options: ModelOptions
     image_size: int
-    features: tuple[str | None, str | None] | None = None
+    features: FeatureSpec | None = None
 
 
 def parse_ray_actors(text: str) -> tuple[int, int | None]:
@@ -79,25 +98,29 @@ def parse_ray_actors(text: str) -> tuple[int, int | None]:
 
 
 def ray_runner(address: str, actors: str, options: ModelOptions, *,
-               features: tuple[str | None, str | None] | None = None) -> RunnerFactory:
+               timeout: float = DEFAULT_TIMEOUT) -> RunnerFactory:
     """What `classify_images` / `extract_features` take as `runner`: for the model they
     load from `options`, a `BatchRunner` (what `inference.predict_paths` is locally) that runs
     it on the Ray cluster at `address` with `actors` (MIN[:MAX]) actors, batches in input
-    order. With `features` = (pooling, layer), the actors run extract's feature model."""
+    order. With `features` (resolved by `extract`), the actors run extract's feature model.
+    The actors get the defaults the command resolved (image size, the resize of the card,
+    the precision this machine settled on), never the raw options."""
     low, high = parse_ray_actors(actors)
-    settings = RaySettings(address=address, min_actors=low, max_actors=high)
-    if features is not None:
-        options = replace(options, include_top=False, pooling=None)
+    settings = RaySettings(address=address, min_actors=low, max_actors=high, timeout=timeout)
 
-    def bind(loaded: LoadedModel) -> BatchRunner:
-        return _runner(ModelRecipe(options, loaded.image_size, features), settings,
-                       own_resize=loaded.card.resize)
+    def bind(loaded: LoadedModel, *, features: FeatureSpec | None = None) -> BatchRunner:
+        resolved = replace(options, image_size=loaded.image_size,
+                           precision="fp32" if loaded.policy == "float32" else "bf16")
+        if features is not None:
+            resolved = replace(resolved, include_top=False, pooling=None)
+        return _runner(ModelRecipe(resolved, loaded.image_size, features), settings,
+                       resize_of=loaded.resize_or_own)
 
     return bind
 
 
-def _runner(recipe: ModelRecipe, settings: RaySettings, *, own_resize: ResizeMode
-            ) -> BatchRunner:
+def _runner(recipe: ModelRecipe, settings: RaySettings, *,
+            resize_of: Callable[[ResizeMode | None], ResizeMode]) -> BatchRunner:
 
     def run(paths: Sequence[str], *, batch_size: int, resize: ResizeMode | None = None,
             progress: bool = True, on_failure: FailureHandler | None = None,
@@ -105,18 +128,26 @@ def _runner(recipe: ModelRecipe, settings: RaySettings, *, own_resize: ResizeMod
         from resnet_cli.devices import native_stderr_to_log
 
         ray = require_module("ray", extra="ray", purpose="--ray")
+        started_here = False
         # Ray's notices (token auth, its C++ core's log lines) go to the debug log, not the
-        # terminal; its errors reach the user as one ClusterError line.
-        with native_stderr_to_log():
-            started_here = _connect(ray, settings.address)
-            try:
+        # terminal; its errors reach the user as one ClusterError line. The wait for
+        # resources is said outside that, on stderr.
+        try:
+            with native_stderr_to_log():
+                started_here = _connect(ray, settings.address)
+            pool = _wait_for_pool(ray, settings, recipe.options.device)
+            with native_stderr_to_log(), _ray_data_settings(ray, settings) as context:
                 yield from _run_on_cluster(
-                    ray, recipe, settings, list(paths), batch_size=fitted_batch_size(
-                        batch_size, len(paths)), resize=resize or own_resize,
-                    progress=progress,
-                    on_failure=on_failure, desc=desc)
-            finally:
-                if started_here:
+                    ray, context, recipe, pool, list(paths), batch_size=fitted_batch_size(
+                        batch_size, len(paths)), resize=resize_of(resize),
+                    progress=progress, on_failure=on_failure, desc=desc)
+        except (ResnetCliError, KeyboardInterrupt, GeneratorExit):
+            raise
+        except Exception as exc:  # Ray's own errors, of every kind: one line, no traceback
+            raise ClusterError(f"the Ray job failed: {_root_cause(exc)}") from None
+        finally:
+            if started_here:
+                with native_stderr_to_log():
                     ray.shutdown()
 
     return run
@@ -126,28 +157,69 @@ def _connect(ray: Any, address: str) -> bool:
     """Join (or start, for `local`) the cluster; True when this call started Ray here."""
     if ray.is_initialized():  # a program that set Ray up itself (a notebook, the tests)
         return False
+    _check_reachable(address)
     runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, runtime_env=runtime_env)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError, gRPC errors...
         hint = (" Start one with `ray start --head`, set RAY_ADDRESS, or use --ray local."
                 if address == "auto" else "")
+        if address not in ("auto", "local") and "RAY_AUTH_MODE" not in os.environ:
+            # Ray's own reason (an unauthenticated call) goes to its C++ log, not the error
+            hint += (" A cluster with token authentication also needs RAY_AUTH_MODE=token "
+                     "here (and its token in ~/.ray/auth_token).")
         raise ClusterError(f"cannot join the Ray cluster at {address}: "
-                           f"{first_line(exc)}.{hint}") from None
+                           f"{first_line(exc).rstrip('.')}.{hint}") from None
     return True
 
 
-def _run_on_cluster(ray: Any, recipe: ModelRecipe, settings: RaySettings, paths: list[str],
-                    *, batch_size: int, resize: ResizeMode, progress: bool,
+def _check_reachable(address: str) -> None:
+    """Fail in one line when nothing listens at HOST:PORT: `ray.init` would retry for
+    minutes against a dead address without a word."""
+    import socket
+
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]\s]+?)\]?:(\d+)", address)
+    if match is None:  # auto, local: Ray finds (or starts) the cluster itself
+        return
+    try:
+        with socket.create_connection((match.group(1), int(match.group(2))),
+                                      timeout=CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"cannot join the Ray cluster at {address}: nothing answers there "
+                           f"({exc.strerror or first_line(exc)}). Check the head's address "
+                           "(`ray start --head` prints it).") from None
+
+
+@contextmanager
+def _ray_data_settings(ray: Any, settings: RaySettings) -> Iterator[Any]:
+    """This job's Ray Data settings, on a copy of the current DataContext: the caller's
+    (a notebook's, the tests') are restored afterwards, as is Ray Data's log level."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current().copy()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # the command's own bar counts rows on arrival
+    # A pool that never starts (its resources taken between our check and Ray's scheduling)
+    # fails too; the bound includes the actors' loading of the model.
+    context.wait_for_min_actors_s = int(settings.timeout + ACTOR_START_SECONDS)
+    ray_log = logging.getLogger("ray.data")
+    level = ray_log.level
+    ray_log.setLevel(logging.ERROR)
+    try:
+        with ray.data.DataContext.current(context):
+            yield context
+    finally:
+        ray_log.setLevel(level)
+
+
+def _run_on_cluster(ray: Any, context: Any, recipe: ModelRecipe, pool: tuple[int, int, int],
+                    paths: list[str], *, batch_size: int, resize: ResizeMode, progress: bool,
                     on_failure: FailureHandler | None, desc: str) -> Iterator[Batch]:
     import ray.data
 
-    low, high, gpus = _pool_size(ray.cluster_resources(), settings, recipe.options.device)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False  # the command's own bar counts rows on arrival
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    low, high, gpus = pool
     files = _ship_model_files(ray, recipe.options)
     dataset = ray.data.from_items(
         [{"index": i, "path": p} for i, p in enumerate(paths)],
@@ -167,35 +239,99 @@ def _run_on_cluster(ray: Any, recipe: ModelRecipe, settings: RaySettings, paths:
     try:
         yield from _ordered_batches(dataset.iter_batches(batch_size=None, batch_format="numpy"),
                                     paths, progress=progress, on_failure=on_failure, desc=desc)
-    except ray.exceptions.RayError as exc:
-        raise ClusterError(f"the Ray job failed: {_root_cause(exc)}") from None
+    except ray.exceptions.GetTimeoutError:
+        raise ClusterError(f"the Ray cluster did not start {low} model actor(s) within "
+                           f"{context.wait_for_min_actors_s} s (--ray-timeout plus "
+                           f"{ACTOR_START_SECONDS:g} s to load the model).") from None
 
 
-def _pool_size(resources: dict[str, float], settings: RaySettings, device: str
-               ) -> tuple[int, int, int]:
-    """(min actors, max actors, GPUs per actor) that the cluster can hold next to one
-    reading task.
+@dataclass(frozen=True)
+class PoolNeed:
+    """What the smallest pool needs: `cpus` (the actors' and one reading task's) and
+    `gpus` (the actors', with a GPU device)."""
 
-    Raises:
-        ClusterError: even the minimum pool cannot fit, so the job would wait forever.
+    actors: int
+    cpus: int
+    gpus: int
+
+    def describe(self) -> str:
+        gpu = f" and {self.gpus} GPU(s)" if self.gpus else ""
+        return (f"{self.cpus} CPU(s){gpu} ({self.actors} model actor(s) and a task that "
+                "reads images)")
+
+
+def plan_pool(available: dict[str, float], total: dict[str, float], settings: RaySettings,
+              device: str) -> tuple[PoolNeed, tuple[int, int, int] | None]:
+    """What the minimum pool needs, and (min actors, max actors, GPUs per actor) when the
+    cluster's AVAILABLE resources hold it now (None: not yet). The maximum is what the
+    whole cluster could hold next to one reading task (or MAX of --ray-actors, if smaller).
     """
     from resnet_cli.devices import parse_device
 
-    cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     kind = parse_device(device).kind
-    use_gpus = kind == "gpu" or (kind == "auto" and gpus > 0)
-    fits = cpus - 1  # one CPU stays free for reading and decoding
+    use_gpus = kind == "gpu" or (kind == "auto" and total.get("GPU", 0) >= 1)
+    need = PoolNeed(settings.min_actors, settings.min_actors + 1,
+                    settings.min_actors if use_gpus else 0)
+    free_cpus, free_gpus = int(available.get("CPU", 0)), int(available.get("GPU", 0))
+    if free_cpus < need.cpus or free_gpus < need.gpus:
+        return need, None
+    fits = int(total.get("CPU", 0)) - 1  # one CPU stays free for reading and decoding
     if use_gpus:
-        fits = min(fits, gpus)
-    if settings.min_actors > fits:
-        what = f"{gpus} GPU(s) and {cpus} CPU(s)" if use_gpus else f"{cpus} CPU(s)"
-        raise ClusterError(
-            f"--ray-actors {settings.min_actors} cannot run: the cluster has {what}, and each "
-            f"actor takes 1 CPU{' and 1 GPU' if use_gpus else ''} besides 1 CPU for reading "
-            f"images, so at most {max(fits, 0)} actor(s) fit. Use a smaller --ray-actors "
-            "or a larger cluster.")
+        fits = min(fits, int(total.get("GPU", 0)))
     high = fits if settings.max_actors is None else min(settings.max_actors, fits)
-    return settings.min_actors, max(high, settings.min_actors), int(use_gpus)
+    return need, (settings.min_actors, max(high, settings.min_actors), int(use_gpus))
+
+
+def _wait_for_pool(ray: Any, settings: RaySettings, device: str) -> tuple[int, int, int]:
+    """The pool to start, once the cluster's available resources hold its minimum: waits
+    up to `settings.timeout` (an autoscaling cluster adding workers, a busy one finishing
+    work), saying on stderr what it waits for, and asks Ray's autoscaler for it meanwhile.
+
+    Raises:
+        ClusterError: the resources did not come within the timeout.
+    """
+    deadline = time.monotonic() + settings.timeout
+    need, pool = plan_pool(ray.available_resources(), ray.cluster_resources(), settings,
+                           device)
+    if pool is not None:
+        return pool
+    have = _resources_line(ray.available_resources())
+    log.warning("waiting up to %g s for the Ray cluster to offer %s; available now: %s",
+                settings.timeout, need.describe(), have)
+    _request_resources([{"CPU": 1.0, **({"GPU": 1.0} if need.gpus else {})}] * need.actors
+                       + [{"CPU": 1.0}])
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(_POLL_SECONDS)
+            need, pool = plan_pool(ray.available_resources(), ray.cluster_resources(),
+                                   settings, device)
+            if pool is not None:
+                return pool
+    except BaseException:
+        _request_resources([])
+        raise
+    _request_resources([])
+    raise ClusterError(
+        f"the Ray cluster did not offer {need.describe()} within --ray-timeout "
+        f"{settings.timeout:g} s (available: {_resources_line(ray.available_resources())}, "
+        f"total: {_resources_line(ray.cluster_resources())}). Use a smaller --ray-actors, "
+        "a larger cluster, or a longer --ray-timeout.")
+
+
+def _resources_line(resources: dict[str, float]) -> str:
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    return f"{cpus:g} CPU(s)" + (f", {gpus:g} GPU(s)" if gpus else "")
+
+
+def _request_resources(bundles: list[dict[str, float]]) -> None:
+    """Ask Ray's autoscaler for `bundles` (what Ray Data does itself); [] withdraws the
+    request. A cluster without an autoscaler ignores it."""
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+    except Exception as exc:  # no autoscaler support in this install: only a hint is lost
+        log.debug("request_resources: %s", first_line(exc))
 
 
 def _ship_model_files(ray: Any, options: ModelOptions) -> list[tuple[str, Any]]:
@@ -276,23 +412,23 @@ class _ModelActor:
 
 
 def _build_predictor(recipe: ModelRecipe, batch_size: int) -> BatchPredictor:
-    """The predictor `classify` (no `features`) or `extract` runs locally, built the same way."""
+    """The predictor `classify` (no `features`) or `extract` runs locally, built the same way
+    from the same resolved values."""
     from resnet_cli.inference import make_predictor
     from resnet_cli.models import load_model
 
     loaded = load_model(recipe.options, progress=False)
-    if recipe.features is None:
+    spec = recipe.features
+    if spec is None:
         return make_predictor(loaded, batch_size)
-    pooling, layer = recipe.features
     if loaded.runtime != "keras":  # an exported backbone computes its own features
         from resnet_cli.runtimes import exported_features
 
-        exported_features(loaded, pooling=pooling, layer=layer)
+        exported_features(loaded, pooling=spec.pooling, layer=spec.layer)
         return make_predictor(loaded, batch_size)
     from resnet_cli.backbones import build_feature_model
 
-    model = build_feature_model(loaded, pooling=None if pooling in (None, "none") else pooling,
-                                layer=layer)
+    model = build_feature_model(loaded, pooling=spec.pooling, layer=spec.layer)
     return make_predictor(loaded, batch_size, model=model)
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from resnet_cli.features import RowWriter
-    from resnet_cli.inference import Batch, RunnerFactory
+    from resnet_cli.inference import Batch, FeatureSpec, RunnerFactory
     from resnet_cli.loaded import FailureHandler, LoadedModel
     from resnet_cli.models import ModelOptions
 
@@ -196,22 +196,12 @@ def _write_features(
     """`write_features` for an output that the caller has already checked."""
     import numpy as np
 
-    from resnet_cli.backbones import build_feature_model, feature_layer
-    from resnet_cli.graph import find_backbone
     from resnet_cli.inference import predict_paths
-    from resnet_cli.models import resolve_pooling
 
     out_dtype = np.dtype(dtype.value)
-    feature_model: Any = None
-    if loaded.exported is not None:  # an exported backbone: the file's own features
-        from resnet_cli.runtimes import exported_features
-
-        row_shape, layer_name = exported_features(loaded, pooling=pooling, layer=layer)
-    else:
-        feature_model = build_feature_model(
-            loaded, pooling=resolve_pooling(pooling, include_top=False) or "none", layer=layer)
-        row_shape = tuple(int(d) for d in feature_model.output_shape[1:])
-        layer_name = str(feature_layer(find_backbone(loaded.model), layer).name)
+    plan = resolve_features(loaded, pooling=pooling, layer=layer)
+    resize = loaded.resize_or_own(resize)  # resolved here, for whichever path runs it
+    row_shape = plan.row_shape
     failed = 0
 
     def fail(error: ImageError) -> None:
@@ -222,8 +212,8 @@ def _write_features(
 
     todo = _listable(paths, fail)
     started = time.perf_counter()
-    run = runner(loaded) if runner else functools.partial(
-        predict_paths, loaded=loaded, model=feature_model, strategy=strategy)
+    run = runner(loaded, features=plan.spec) if runner else functools.partial(
+        predict_paths, loaded=loaded, model=plan.model, strategy=strategy)
     batches = cast("Generator[Batch, None, None]", run(
         todo, batch_size=batch_size, resize=resize, progress=progress, on_failure=fail,
         desc="extract"))
@@ -239,8 +229,43 @@ def _write_features(
         output=FeatureFile(path=output, index=index_path(output), rows=rows_written,
                            row_shape=row_shape, dtype=out_dtype.name),
         inputs=len(paths), failed=failed, seconds=seconds, source=loaded.source,
-        layer=layer_name,
+        layer=plan.layer_name,
     )
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """`--pooling` and `--layer` resolved for one loaded model: what every path computes."""
+
+    spec: FeatureSpec
+    row_shape: tuple[int, ...]
+    layer_name: str  # what the rows are, for the summary line
+    model: Any  # the Keras feature model to run here; None for an exported backbone
+
+
+def resolve_features(loaded: LoadedModel, *, pooling: str | None, layer: str | None
+                     ) -> FeaturePlan:
+    """The one rule for extract's rows: an exported backbone's own features, else the
+    backbone's `layer` (default: the last conv stage) pooled as `pooling` says (default avg).
+
+    Raises:
+        UsageError: a bad pooling or layer, or one an exported file cannot honour.
+    """
+    from resnet_cli.backbones import build_feature_model, feature_layer
+    from resnet_cli.graph import find_backbone
+    from resnet_cli.inference import FeatureSpec
+    from resnet_cli.models import resolve_pooling
+
+    if loaded.exported is not None:
+        from resnet_cli.runtimes import exported_features
+
+        row_shape, layer_name = exported_features(loaded, pooling=pooling, layer=layer)
+        return FeaturePlan(FeatureSpec(loaded.card.pooling or "none"), row_shape, layer_name,
+                           None)
+    spec = FeatureSpec(resolve_pooling(pooling, include_top=False) or "none", layer)
+    model = build_feature_model(loaded, pooling=spec.pooling, layer=layer)
+    return FeaturePlan(spec, tuple(int(d) for d in model.output_shape[1:]),
+                       str(feature_layer(find_backbone(loaded.model), layer).name), model)
 
 
 def _listable(paths: Sequence[str], fail: FailureHandler) -> list[str]:

@@ -51,8 +51,24 @@ class BatchRunner(Protocol):
         ...
 
 
-RunnerFactory = Callable[[LoadedModel], BatchRunner]
-"""Makes the `BatchRunner` for a model loaded here (whose input size and outputs it runs)."""
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What `extract` computes, resolved once before the local/Ray split
+    (`extract.resolve_features`): `pooling` is avg, max or none (the (h, w, C) map); `layer`
+    None means the last conv stage. For an exported backbone, the file's own pooling."""
+
+    pooling: str
+    layer: str | None = None
+
+
+class RunnerFactory(Protocol):
+    """Makes the `BatchRunner` for a model loaded here (whose input size and outputs it runs):
+    its classifier's rows, or with `features` the rows `extract` writes."""
+
+    def __call__(self, loaded: LoadedModel, *, features: FeatureSpec | None = None
+                 ) -> BatchRunner:
+        """The runner of `loaded` (or of its features)."""
+        ...
 
 
 def fitted_batch_size(batch_size: int, count: int) -> int:

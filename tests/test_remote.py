@@ -9,7 +9,9 @@ import http.server
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from conftest import TINY, make_image
 from resnet_cli.cli import app
 from resnet_cli.errors import ImageError
 from resnet_cli.images import IMAGE_EXTENSIONS, collect_inputs, load_image
-from resnet_cli.remote import expand_url, is_url, read_url
+from resnet_cli.remote import HTTP_ATTEMPTS, expand_url, is_url, read_url, redact_urls
 
 BUCKET = "photos"
 
@@ -177,3 +179,119 @@ def test_extract_from_an_s3_prefix_equals_the_folder(runner, tiny_backbone, phot
         assert [Path(p).name for p in got["paths"]] == [Path(p).name for p in want["paths"]]
         assert got["paths"][0] == f"s3://{BUCKET}/in/a.jpg"
         assert np.abs(got["features"] - want["features"]).max() <= 1e-5
+
+
+# ----- a server that misbehaves on purpose: trickled bodies, failures, cut-short bodies -----
+
+class _HostileHandler(http.server.BaseHTTPRequestHandler):
+    """Serves the files of `root` under routes that misbehave:
+    /trickle/NAME  the body in 3 parts with pauses (one read() gets only the first part);
+    /flaky/NAME    503 for the first 2 requests of each NAME, then the file;
+    /reset/NAME    the first request's connection closed without an answer, then the file;
+    /always/NAME   500 every time;
+    /short/NAME    a Content-Length of the whole file, half of it sent, then closed.
+    Each request is counted in `hits` by path."""
+
+    root: Path
+    hits: dict[str, int]
+    lock = threading.Lock()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        with self.lock:
+            self.hits[path] = count = self.hits.get(path, 0) + 1
+        route, _, name = path.strip("/").partition("/")
+        data = (self.root / name).read_bytes()
+        if route == "always" or (route == "flaky" and count <= 2):
+            self.send_error(500 if route == "always" else 503)
+            return
+        if route == "reset" and count == 1:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if route == "short":
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        parts = [data[:len(data) // 3], data[len(data) // 3:2 * len(data) // 3],
+                 data[2 * len(data) // 3:]] if route == "trickle" else [data]
+        for part in parts:
+            self.wfile.write(part)
+            self.wfile.flush()
+            if route == "trickle":
+                time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def hostile(photo_dir: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    """The misbehaving server on 127.0.0.1 (one for the module): (base URL, request counts)."""
+    make_image(photo_dir / "big.png", (400, 300), seed=9)  # ~360 kB: many TCP segments
+    hits: dict[str, int] = {}
+    handler = type("Handler", (_HostileHandler,), {"root": photo_dir, "hits": hits})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", hits
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_url_is_read_to_the_end_of_its_body(hostile, photo_dir: Path) -> None:
+    base, _ = hostile
+    want = (photo_dir / "big.png").read_bytes()
+    assert read_url(base + "trickle/big.png") == want
+    names = ["big.png", "a.jpg", "b.png", "c.jpg"] * 4
+    with ThreadPoolExecutor(max_workers=8) as pool:  # 8 readers at once, as --ray's tasks
+        got = list(pool.map(lambda n: read_url(base + "trickle/" + n), names))
+    assert got == [(photo_dir / n).read_bytes() for n in names]
+
+
+def test_transient_http_failures_are_retried(hostile, photo_dir: Path) -> None:
+    base, hits = hostile
+    want = (photo_dir / "a.jpg").read_bytes()
+    assert read_url(base + "flaky/a.jpg") == want
+    assert hits["/flaky/a.jpg"] == 3  # two 503s, then the file
+    assert read_url(base + "reset/a.jpg") == want
+    assert hits["/reset/a.jpg"] == 2
+    started = time.monotonic()
+    with pytest.raises(ImageError) as caught:
+        read_url(base + "always/a.jpg")
+    assert time.monotonic() - started < 15  # bounded: 3 backoffs of at most 1 s each
+    assert hits["/always/a.jpg"] == HTTP_ATTEMPTS
+    assert caught.value.reason.startswith("HTTP 500") and "tried 4 times" in caught.value.reason
+
+
+def test_a_body_cut_short_fails_that_input(hostile, photo_dir: Path) -> None:
+    base, hits = hostile
+    size = (photo_dir / "big.png").stat().st_size
+    with pytest.raises(ImageError) as caught:
+        read_url(base + "short/big.png")
+    assert hits["/short/big.png"] == HTTP_ATTEMPTS  # retried, like a dropped connection
+    assert "tried 4 times" in caught.value.reason
+    assert caught.value.reason == f"cut short: got {size // 2:,} of {size:,} bytes (tried 4 times)"
+
+
+def test_credentials_in_urls_never_reach_error_or_log_lines(runner, hostile,
+                                                           tiny_classifier_factory) -> None:
+    base, _ = hostile
+    weights, _ = tiny_classifier_factory("resnet50")
+    secret = base.replace("http://", "http://alice:hunter2@") + \
+        "always/a.jpg?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef42"
+    result = runner.invoke(app, ["-v", "classify", secret, base + "flaky/b.png", "--weights",
+                                 str(weights), "--image-size", str(TINY), "-f", "json", "-q"])
+    assert result.exit_code == 1
+    for leaked in ("alice", "hunter2", "AKIAEXAMPLE", "deadbeef42"):
+        assert leaked not in result.stderr
+    masked = base.replace("http://", "http://***@") + \
+        "always/a.jpg?X-Amz-Credential=***&X-Amz-Signature=***"
+    assert f"error: {masked}: HTTP 500" in result.stderr
+    assert "retrying in" in result.stderr  # the retries were logged (-v), masked too
+    assert redact_urls("gs://b/k.jpg: no such object") == "gs://b/k.jpg: no such object"

@@ -17,7 +17,7 @@ import typer
 
 from resnet_cli import __version__
 from resnet_cli.cli import classify, explain, export, features, inspect, serve, training
-from resnet_cli.cli.messages import state
+from resnet_cli.cli.messages import RedactingFormatter, state
 from resnet_cli.errors import EXIT_USAGE
 
 app = typer.Typer(
@@ -48,8 +48,9 @@ def main_options(
     """Keras ResNet models from the command line."""
     state["debug"] = debug or os.environ.get("RESNET_DEBUG", "") not in ("", "0")
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
 
 
 for command in (classify.classify, explain.explain, features.extract, features.merge,

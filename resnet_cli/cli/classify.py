@@ -9,6 +9,7 @@ import typer
 
 from resnet_cli.cli.messages import FailureReporter, read_inputs, user_errors
 from resnet_cli.cli.options import (
+    RAY_TIMEOUT,
     BatchSizeOpt,
     DeviceOpt,
     ImageSizeOpt,
@@ -18,6 +19,7 @@ from resnet_cli.cli.options import (
     QuietOpt,
     RayActorsOpt,
     RayOpt,
+    RayTimeoutOpt,
     RecursiveOpt,
     ResizeOpt,
     WeightsOpt,
@@ -66,6 +68,7 @@ def classify(
     precision: PrecisionOpt = Precision.fp32,
     ray: RayOpt = None,
     ray_actors: RayActorsOpt = "1",
+    ray_timeout: RayTimeoutOpt = RAY_TIMEOUT,
     quiet: QuietOpt = False,
 ) -> None:
     """Top-k ImageNet (or your finetuned model's) labels for each image.
@@ -88,6 +91,7 @@ def classify(
         loaded = load_model(options, progress=not quiet)
         results = classify_images(paths, loaded, top_k=top_k, batch_size=batch_size,
                                   resize=resize, progress=not quiet, on_failure=failures,
-                                  runner=ray_runner_for(ray, ray_actors, options))
+                                  runner=ray_runner_for(ray, ray_actors, ray_timeout,
+                                                        options))
         emit_classify(results, out_format, output)
     raise typer.Exit(failures.exit_code)

@@ -9,6 +9,7 @@ import typer
 
 from resnet_cli.cli.messages import FailureReporter, read_inputs, user_errors
 from resnet_cli.cli.options import (
+    RAY_TIMEOUT,
     BatchSizeOpt,
     DeviceOpt,
     FeaturesOutOpt,
@@ -21,6 +22,7 @@ from resnet_cli.cli.options import (
     QuietOpt,
     RayActorsOpt,
     RayOpt,
+    RayTimeoutOpt,
     RecursiveOpt,
     ResizeOpt,
     WeightsOpt,
@@ -71,6 +73,7 @@ def extract(
     precision: PrecisionOpt = Precision.fp32,
     ray: RayOpt = None,
     ray_actors: RayActorsOpt = "1",
+    ray_timeout: RayTimeoutOpt = RAY_TIMEOUT,
     quiet: QuietOpt = False,
 ) -> None:
     """Feature vectors (or maps) of images from the ResNet backbone, streamed to .npy/.npz.
@@ -98,8 +101,7 @@ def extract(
             batch_size=batch_size, resize=resize,
             l2_normalize=l2_normalize, dtype=dtype.value,
             shard=shard, overwrite=overwrite, progress=not quiet, on_failure=failures,
-            runner=ray_runner_for(ray, ray_actors, options,
-                                  (pooling, layer)))
+            runner=ray_runner_for(ray, ray_actors, ray_timeout, options))
     if not quiet:
         make_console(stderr=True).print(extract_line(summary), markup=False, highlight=False)
     raise typer.Exit(failures.exit_code)

@@ -5,6 +5,7 @@ Results go to stdout; errors, warnings and failed inputs go to stderr, one line 
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,25 +13,35 @@ from contextlib import contextmanager
 import typer
 
 from resnet_cli.errors import EXIT_FAILURE, EXIT_OK, ImageError, NoInputsError, ResnetCliError
+from resnet_cli.remote import redact_urls
 from resnet_cli.render import make_console
 
 state = {"debug": False}  # set by the app's callback on every invocation
 
 
 def print_error(message: str) -> None:
-    """One red `error:` line on stderr (the message is printed as text, never as markup)."""
+    """One red `error:` line on stderr (the message is printed as text, never as markup;
+    credentials in URLs masked)."""
     from rich.markup import escape
 
-    make_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", markup=True,
-                                    highlight=False)
+    make_console(stderr=True).print(f"[bold red]error:[/] {escape(redact_urls(message))}",
+                                    markup=True, highlight=False)
 
 
 def print_warning(message: str) -> None:
-    """One yellow `warning:` line on stderr."""
+    """One yellow `warning:` line on stderr (credentials in URLs masked)."""
     from rich.markup import escape
 
-    make_console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", markup=True,
-                                    highlight=False)
+    make_console(stderr=True).print(f"[yellow]warning:[/] {escape(redact_urls(message))}",
+                                    markup=True, highlight=False)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines with the credentials of URLs masked (`remote.redact_urls`), whatever logged
+    them (our modules, fsspec, aiohttp)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_urls(super().format(record))
 
 
 @contextmanager

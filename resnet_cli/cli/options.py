@@ -119,9 +119,10 @@ DataDirArg = Annotated[Path, typer.Argument(
 def _check_ray_address(value: str | None) -> str | None:
     import re
 
-    if value is None or value in ("auto", "local") or re.fullmatch(r"ray://[^\s/]+:\d+", value):
+    if value is None or value in ("auto", "local") or re.fullmatch(
+            r"(ray://)?[^\s/:]+:\d+", value):
         return value
-    raise typer.BadParameter(f"'{value}' is not auto, local or ray://HOST:PORT.")
+    raise typer.BadParameter(f"'{value}' is not auto, local, HOST:PORT or ray://HOST:PORT.")
 
 
 def _check_ray_actors(value: str) -> str:
@@ -135,21 +136,27 @@ def _check_ray_actors(value: str) -> str:
 
 
 RayOpt = Annotated[str | None, typer.Option(
-    "--ray", metavar="auto|local|ray://HOST:PORT", callback=_check_ray_address,
-    help="Run on a Ray cluster: auto joins the one RAY_ADDRESS or `ray start` names, local "
-         "starts one on this machine. Same outputs, in the same order. Needs resnet[ray].")]
+    "--ray", metavar="auto|local|HOST:PORT|ray://HOST:PORT", callback=_check_ray_address,
+    help="Run on a Ray cluster: auto joins the one RAY_ADDRESS or `ray start` names, "
+         "HOST:PORT the head `ray start --head` started there (ray://HOST:PORT through Ray "
+         "Client), local starts one on this machine. Same outputs, in the same order. Needs "
+         "resnet[ray].")]
 RayActorsOpt = Annotated[str, typer.Option(
     "--ray-actors", metavar="MIN[:MAX]", callback=_check_ray_actors,
     help="With --ray: model actors (each loads the model once; 1 CPU, or 1 GPU with a GPU "
          "device). MAX defaults to what the cluster holds, leaving a CPU for reading.")]
+RayTimeoutOpt = Annotated[float, typer.Option(
+    "--ray-timeout", min=0, metavar="SECONDS",
+    help="With --ray: how long to wait for the cluster to offer the actors' resources (an "
+         "autoscaling cluster adding workers, a busy one finishing) before failing.")]
+RAY_TIMEOUT = 60.0  # --ray-timeout's default, written once
 
 
-def ray_runner_for(address: str | None, actors: str, options: ModelOptions,
-                features: tuple[str | None, str | None] | None = None
-                ) -> RunnerFactory | None:
+def ray_runner_for(address: str | None, actors: str, timeout: float, options: ModelOptions
+                   ) -> RunnerFactory | None:
     """With --ray, what runs the model on the cluster (None: here)."""
     if address is None:
         return None
     from resnet_cli.cluster import ray_runner
 
-    return ray_runner(address, actors, options, features=features)
+    return ray_runner(address, actors, options, timeout=timeout)
