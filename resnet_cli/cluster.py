@@ -340,6 +340,7 @@ def _ship_model_files(ray: Any, options: ModelOptions) -> list[tuple[str, Any]]:
     `.keras` model's card. Empty for random weights."""
     from resnet_cli.card import CONFIG_FILENAME
     from resnet_cli.registry import get_spec, imagenet_weights_file
+    from resnet_cli.runtimes import exported_files
     from resnet_cli.weights import load_imagenet_weights
 
     weights = options.weights.strip()
@@ -349,7 +350,7 @@ def _ship_model_files(ray: Any, options: ModelOptions) -> list[tuple[str, Any]]:
         wanted = imagenet_weights_file(get_spec(options.model), include_top=options.include_top)
         paths = [load_imagenet_weights(wanted, progress=False)]
     else:
-        paths = [Path(weights).expanduser()]
+        paths = exported_files(Path(weights).expanduser())  # an OpenVINO .xml: its .bin too
         card = paths[0].parent / CONFIG_FILENAME
         if paths[0].suffix.lower() == ".keras" and card.is_file():
             paths.append(card)

@@ -197,6 +197,7 @@ def exported(export_source, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         "saved_model": (options, ExportFormat.saved_model, "sm", {}),
         "litert": (options, ExportFormat.litert, "m.tflite", {}),
         "onnx": (options, ExportFormat.onnx, "m.onnx", {}),
+        "openvino": (options, ExportFormat.openvino, "m.xml", {}),
         "int8": (options, ExportFormat.litert, "m_int8.tflite",
                  {"int8": True, "calibrate": [str(p) for p in photos]}),
         "backbone": (backbone, ExportFormat.litert, "features.tflite", {}),

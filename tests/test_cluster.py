@@ -176,7 +176,9 @@ def test_classify_on_ray_gives_the_local_rows(head, runner, finetuned: Path,
                                               photos: list[Path]) -> None:
     # (a weights file's classifier goes through the same load_model + make_predictor on the
     # actor as the .keras model here; weights files are run by the extract tests below)
-    models = {"exported .tflite": [str(exported["litert"])], "finetuned .keras": [str(finetuned)]}
+    models = {"exported .tflite": [str(exported["litert"])],
+              "exported .xml (and its .bin)": [str(exported["openvino"])],
+              "finetuned .keras": [str(finetuned)]}
     for name, model in models.items():
         args = ["classify", *map(str, photos), "--weights", *model, "-f", "json", "-k", "2",
                 "-b", "2", "-q"]

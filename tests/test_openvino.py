@@ -24,22 +24,23 @@ from resnet_cli.models import ModelOptions, load_model
 
 
 @pytest.fixture(scope="module")
-def ov_files(export_source, shapes_model, tmp_path_factory: pytest.TempPathFactory
+def ov_files(exported, export_source, shapes_model, tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, Path]:
+    """The conftest's float32 .xml, and a backbone and an int8 classifier exported here."""
     from resnet_cli.export import ExportFormat, export_model
 
     weights, _ = export_source
     folder = tmp_path_factory.mktemp("openvino")
     jobs = {
-        "fp32": (ModelOptions(weights=str(weights), image_size=TINY, device="cpu"), {}),
         "backbone": (ModelOptions(weights=str(weights), image_size=TINY, device="cpu",
                                   include_top=False, pooling="avg"), {}),
         "int8": (ModelOptions(weights=str(shapes_model["path"]), device="cpu"),
                  {"int8": True, "calibrate": shapes_model["paths"][:60]}),
     }
-    return {name: export_model(options, ExportFormat.openvino, folder / f"{name}.xml",
-                               progress=False, **extra).path  # type: ignore[arg-type]
-            for name, (options, extra) in jobs.items()}
+    files = {name: export_model(options, ExportFormat.openvino, folder / f"{name}.xml",
+                                progress=False, **extra).path  # type: ignore[arg-type]
+             for name, (options, extra) in jobs.items()}
+    return {"fp32": exported["openvino"], **files}
 
 
 @pytest.fixture
