@@ -5,6 +5,6 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 try:
-    __version__ = version("resnet")
+    __version__ = version("resnet-cli")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"

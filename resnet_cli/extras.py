@@ -18,4 +18,4 @@ def require_module(module: str, *, extra: str, purpose: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise UsageError(f"{purpose} needs {module.split('.')[0]}: "
-                         f"pip install 'resnet[{extra}]'") from exc
+                         f"pip install 'resnet-cli[{extra}]'") from exc

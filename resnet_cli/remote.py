@@ -56,7 +56,7 @@ def _filesystem(url: str) -> tuple[Any, str]:
         fs, path = url_to_fs(url)
     except ImportError as exc:  # s3fs / gcsfs / aiohttp missing for this scheme
         raise UsageError(f"reading {url.split('://')[0]}:// inputs needs "
-                         f"{exc.name or 'its fsspec backend'}: pip install 'resnet[remote]'"
+                         f"{exc.name or 'its fsspec backend'}: pip install 'resnet-cli[remote]'"
                          ) from exc
     except ValueError as exc:  # an unknown protocol
         raise UsageError(f"{url}: {first_line(exc)}") from exc

@@ -173,7 +173,7 @@ def test_version(runner: CliRunner) -> None:
     from importlib.metadata import version
 
     result = runner.invoke(app, ["--version"])
-    assert result.exit_code == 0 and result.stdout.strip() == f"resnet {version('resnet')}"
+    assert result.exit_code == 0 and result.stdout.strip() == f"resnet {version('resnet-cli')}"
 
 
 def test_make_image_helper_is_deterministic(tmp_path: Path) -> None:

@@ -232,5 +232,5 @@ def test_option_rules(runner: CliRunner, ov_files, photos, tmp_path: Path,  # ty
     assert suffix.exit_code == 2 and "name the output m.xml" in suffix.output
     monkeypatch.setitem(sys.modules, "openvino", None)  # import fails
     missing = runner.invoke(app, ["classify", photos[0], "--weights", str(ov_files["fp32"])])
-    assert missing.exit_code == 2 and "pip install 'resnet[openvino]'" in missing.output
+    assert missing.exit_code == 2 and "pip install 'resnet-cli[openvino]'" in missing.output
     assert len(missing.output.strip().splitlines()) == 1

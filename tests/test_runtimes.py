@@ -167,7 +167,7 @@ def test_missing_onnxruntime_names_the_extra(runner: CliRunner, exported, photos
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
     result = runner.invoke(app, ["classify", *photos, "--weights", str(exported["onnx"])])
     assert result.exit_code == 2
-    assert "pip install 'resnet[onnx]'" in result.output
+    assert "pip install 'resnet-cli[onnx]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

@@ -204,4 +204,4 @@ def test_without_mediapipe_the_file_has_our_card_and_one_warning(
     assert "resnet_cli_card" in entries and "TFLITE_METADATA" not in entries
     assert not zipfile.is_zipfile(out)
     assert load_model(ModelOptions(weights=str(out))).card.base_model == "resnet50"
-    assert [r.message for r in caplog.records if "resnet[mediapipe]" in r.message]
+    assert [r.message for r in caplog.records if "resnet-cli[mediapipe]" in r.message]

@@ -28,7 +28,7 @@ def export(
     fmt: Annotated[ExportFormat, typer.Option(
         "--format", "-f", case_sensitive=False, show_default=False,
         help="saved_model (a directory for TF Serving), litert (.tflite) or onnx (.onnx; "
-             "pip install 'resnet[onnx]').")],
+             "pip install 'resnet-cli[onnx]').")],
     output: Annotated[Path, typer.Option(
         "--output", "-o", metavar="PATH", show_default=False,
         help="The file (.tflite, .onnx) or directory (saved_model) to write, atomically.")],

@@ -140,7 +140,7 @@ RayOpt = Annotated[str | None, typer.Option(
     help="Run on a Ray cluster: auto joins the one RAY_ADDRESS or `ray start` names, "
          "HOST:PORT the head `ray start --head` started there (ray://HOST:PORT through Ray "
          "Client), local starts one on this machine. Same outputs, in the same order. Needs "
-         "resnet[ray].")]
+         "resnet-cli[ray].")]
 RayActorsOpt = Annotated[str, typer.Option(
     "--ray-actors", metavar="MIN[:MAX]", callback=_check_ray_actors,
     help="With --ray: model actors (each loads the model once; 1 CPU, or 1 GPU with a GPU "

@@ -8,7 +8,7 @@ random sample of the given images read exactly as every command reads them; the 
 uint8 pixels (a cast inside the graph) and the output float32. The card is stored as the
 model's metadata entry `resnet_cli_card`, where `runtimes.litert` reads it back; beside it
 goes the standard TFLite model metadata (`tflite_metadata`) that MediaPipe Tasks read, when
-MediaPipe is installed (`pip install 'resnet[mediapipe]'`).
+MediaPipe is installed (`pip install 'resnet-cli[mediapipe]'`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Converted from the served model's TensorFlow function by `tf2onnx` (through Keras' own
 `Model.export(format="onnx")`). The input `images` is uint8 `(batch, size, size, 3)` RGB, the
 output float32. The card is the model's `metadata_props` entry `resnet_cli_card`.
-Needs the optional packages of `pip install 'resnet[onnx]'`.
+Needs the optional packages of `pip install 'resnet-cli[onnx]'`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ default fp16 compression would cost accuracy and buys no speed on a CPU). With `
 post-training quantization (`nncf.quantize`, OpenVINO's own tool for it) calibrates on a random
 sample of the given images read exactly as every command reads them, the same sample LiteRT's
 int8 export takes. The card is the model's runtime info entry `resnet_cli_card`, where
-`runtimes.openvino` reads it back. Needs `pip install 'resnet[openvino]'`.
+`runtimes.openvino` reads it back. Needs `pip install 'resnet-cli[openvino]'`.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def build_standard_metadata(flat: bytes, card: ModelCard) -> StandardMetadata | 
     modules = _mediapipe_metadata()
     if modules is None:
         log.warning("no standard TFLite metadata written (MediaPipe and Android's Task "
-                    "Library would not see the class names): pip install 'resnet[mediapipe]'")
+                    "Library would not see the class names): pip install 'resnet-cli[mediapipe]'")
         return None
     info, schema, utils = modules
     if len(utils.get_input_tensor_types(flat)) != 1 or \

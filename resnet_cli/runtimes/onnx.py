@@ -1,4 +1,4 @@
-"""ONNX (.onnx) files on onnxruntime's CPU provider (`pip install 'resnet[onnx]'`)."""
+"""ONNX (.onnx) files on onnxruntime's CPU provider (`pip install 'resnet-cli[onnx]'`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OpenVINO IR (.xml + .bin) files on OpenVINO's CPU plugin (`pip install 'resnet[openvino]'`).
+"""OpenVINO IR (.xml + .bin) files on OpenVINO's CPU plugin (`pip install 'resnet-cli[openvino]'`).
 
 The batch axis stays dynamic (measured: no slower than a static batch, and nothing to pad).
 How a batch runs is OpenVINO's performance hint, chosen by measurement

@@ -155,7 +155,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for name in ("resnet", "tensorflow", "keras", "numpy", "pillow"):
+    for name in ("resnet-cli", "tensorflow", "keras", "numpy", "pillow"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
