@@ -258,7 +258,8 @@ def test_serve_without_its_extra_names_the_install(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: resnet serve needs uvicorn: pip install 'resnet-cli[serve]'"
+    assert done.stderr.strip() == \
+        "error: resnet serve needs uvicorn: pip install 'resnet-cli[serve]'"
 
 
 def test_serve_help_imports_no_server_library() -> None:
