@@ -53,10 +53,30 @@ def main_options(
         handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
 
 
+def help_text(doc: str | None) -> str:
+    """A command's docstring as its --help text: each paragraph on one line, which Rich then
+    wraps at the terminal's width (it keeps single line breaks, so a docstring's own wrapping
+    would break its sentences at any other width). Indented lines and lines that start a
+    label ("Example: ...") keep their breaks."""
+    import inspect
+    import re
+
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", inspect.cleandoc(doc or "")):
+        lines: list[str] = []
+        for line in block.splitlines():
+            if lines and not line.startswith(" ") and not re.match(r"[A-Z][\w ]*: ", line):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
 for command in (classify.classify, explain.explain, features.extract, features.merge,
                 training.finetune, training.evaluate, inspect.summary, inspect.benchmark,
                 export.export, serve.serve):
-    app.command()(command)
+    app.command(help=help_text(command.__doc__))(command)
 
 
 def main() -> None:
