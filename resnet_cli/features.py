@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 NPY, NPZ = ".npy", ".npz"
 INDEX_SUFFIX = ".paths.txt"  # feats.npy -> feats.paths.txt
+CARD_SUFFIX = ".card.json"  # feats.npy / feats.npz -> feats.card.json: the model behind them
 FEATURES_KEY, PATHS_KEY = "features", "paths"  # the arrays in a .npz output
 COPY_CHUNK_BYTES = 16 * 1024 * 1024
 PATHS_PER_CHUNK = 8192
@@ -50,6 +51,24 @@ class FeatureFile:
 def index_path(output: Path) -> Path | None:
     """The row index beside a `.npy` output (`feats.npy` -> `feats.paths.txt`); None for .npz."""
     return output.with_suffix(INDEX_SUFFIX) if output.suffix.lower() == NPY else None
+
+
+def card_path(output: Path) -> Path:
+    """The record of the model beside a feature file (`feats.npy` -> `feats.card.json`)."""
+    return output.with_suffix(CARD_SUFFIX)
+
+
+def write_feature_card(output: Path, record: dict[str, Any]) -> Path:
+    """Write `record` (the model card and the feature options, JSON-ready) beside `output`,
+    atomically, so that an index or a search can tell which model the rows come from."""
+    import json
+
+    from resnet_cli.outputs import atomic_open
+
+    path = card_path(output)
+    with atomic_open(path) as handle:
+        handle.write(json.dumps(record, indent=2) + "\n")
+    return path
 
 
 def check_feature_output(output: Path, *, overwrite: bool) -> None:

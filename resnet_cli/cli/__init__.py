@@ -16,7 +16,16 @@ from typing import Annotated
 import typer
 
 from resnet_cli import __version__
-from resnet_cli.cli import classify, explain, export, features, inspect, serve, training
+from resnet_cli.cli import (
+    classify,
+    explain,
+    export,
+    features,
+    inspect,
+    serve,
+    similarity,
+    training,
+)
 from resnet_cli.cli.messages import state
 from resnet_cli.errors import EXIT_USAGE
 
@@ -54,7 +63,8 @@ def main_options(
 
 for command in (classify.classify, explain.explain, features.extract, features.merge,
                 training.finetune, training.evaluate, inspect.summary, inspect.benchmark,
-                export.export, serve.serve):
+                export.export, serve.serve, similarity.index, similarity.search,
+                similarity.duplicates, similarity.audit):
     app.command()(command)
 
 
