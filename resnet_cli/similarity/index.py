@@ -62,9 +62,7 @@ def load_index(path: Path) -> FeatureSet:
     Raises:
         UsageError: not an index (or one from a newer resnet).
     """
-    meta = path / META
-    if not path.is_dir() or not meta.is_file():
-        raise UsageError(f"{path}: not an index (no {META}); build one with resnet index.")
+    meta = _check_is_index(path)
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
         version = int(data["version"])
@@ -164,5 +162,17 @@ def _write_rows(folder: Path, old: FeatureSet | None, new: FeatureSet, keep: lis
 
 
 def record_of(path: Path) -> ModelRecord:
-    """The model record of an index folder (without loading its rows)."""
+    """The model record of an index folder (without loading its rows).
+
+    Raises:
+        UsageError: not an index.
+    """
+    _check_is_index(path)
     return read_record(path / VECTORS)
+
+
+def _check_is_index(path: Path) -> Path:
+    meta = path / META
+    if not path.is_dir() or not meta.is_file():
+        raise UsageError(f"{path}: not an index (no {META}); build one with resnet index.")
+    return meta
