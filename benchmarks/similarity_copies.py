@@ -31,7 +31,8 @@ def photos_of(path: Path) -> list[Image.Image]:
     image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     w, h = image.size
     boxes = [(0, 0, w, h), (0, 0, w // 2, h // 2), (w // 2, 0, w, h // 2),
-             (0, h // 2, w // 2, h), (w // 2, h // 2, w, h), (w // 4, h // 4, 3 * w // 4, 3 * h // 4)]
+             (0, h // 2, w // 2, h), (w // 2, h // 2, w, h),
+             (w // 4, h // 4, 3 * w // 4, 3 * h // 4)]
     return [image.crop(box) for box in boxes]
 
 
@@ -45,9 +46,9 @@ def write_set(folder: Path) -> dict[str, str]:
             number += 1
             w, h = photo.size
             dx, dy = round(w * 0.02), round(h * 0.02)
-            versions = {"orig": (photo, 95), "resized": (photo.resize((w // 2, h // 2),
-                                                                      Image.Resampling.LANCZOS), 90),
-                        "q30": (photo, 30), "crop4": (photo.crop((dx, dy, w - dx, h - dy)), 90)}
+            half = photo.resize((w // 2, h // 2), Image.Resampling.LANCZOS)
+            versions = {"orig": (photo, 95), "resized": (half, 90), "q30": (photo, 30),
+                        "crop4": (photo.crop((dx, dy, w - dx, h - dy)), 90)}
             for kind, (image, quality) in versions.items():
                 name = f"{pid}_{kind}.jpg"
                 image.save(folder / name, quality=quality)

@@ -339,4 +339,5 @@ def audit(
                            runner=ray_runner_for(ray, ray_actors, options,
                                                  (features.pooling, features.layer)))
         write_audit(result, output)
-    make_console().print(audit_line(result, output), markup=False, highlight=False)
+    make_console().print(audit_line(result, output), markup=False, highlight=False,
+                         soft_wrap=True)
