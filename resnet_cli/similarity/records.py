@@ -34,7 +34,8 @@ class SearchHit:
     neighbors: tuple[Neighbor, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "neighbors": [asdict(n) for n in self.neighbors]}
+        return {"path": self.path, "neighbors": [
+            {"path": n.path, "similarity": round(n.similarity, 6)} for n in self.neighbors]}
 
 
 @dataclass(frozen=True)
