@@ -193,3 +193,22 @@ def test_index_bad_inputs_are_one_line(runner, tmp_path: Path, built: Path) -> N
     result = _invoke(runner, "index", empty, "-o", tmp_path / "n.index", "--weights", "none")
     assert result.exit_code == 2 and "no images" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_index_of_random_weights_cannot_be_searched_or_appended(runner, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                   photo_dir: Path) -> None:
+    feats = tmp_path / "rand.npy"
+    np.save(feats, np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32))
+    (tmp_path / "rand.paths.txt").write_text("a.jpg\nb.jpg\n")
+    card = {"weights": "none", "pooling": "avg", "layer": "conv5_block3_out",
+            "resize": "crop", "card": {"base_model": "resnet50", "image_size": 32,
+                                       "preprocess_mode": "caffe", "include_top": False}}
+    (tmp_path / "rand.card.json").write_text(json.dumps(card))
+    index = tmp_path / "rand.index"
+    result = _invoke(runner, "index", "--from", feats, "-o", index, "-q")
+    assert result.exit_code == 0, result.stderr
+    query = sorted(photo_dir.glob("*.jpg"))[0]
+    _one_error_line(_invoke(runner, "search", query, "--index", index), 2, "--weights none")
+    _one_error_line(_invoke(runner, "index", query, "--append", index), 2, "--weights none")
+    _one_error_line(_invoke(runner, "index", "--from", feats, "--append", index), 2,
+                    "--weights none")
