@@ -267,15 +267,14 @@ def duplicates(
         else:
             paths = read_inputs(inputs, recursive=recursive)
             reproducible = weights.lower() != "none"
-            if reproducible:
-                found = embed(paths, options=ModelOptions(
-                    model=model, weights=weights, image_size=image_size, device=device,
-                    precision=precision.value),
-                    features=_feature_options(pooling, layer, resize, batch_size),
-                    progress=not quiet, on_failure=failures, runner=None if ray is None
-                    else ray_runner_for(ray, ray_actors, ModelOptions(model=model,
-                                        weights=weights, image_size=image_size),
-                                        (pooling.value if pooling else None, layer)))
+            if reproducible:  # random weights: no model at all, the hashes alone
+                options = ModelOptions(model=model, weights=weights, image_size=image_size,
+                                       device=device, precision=precision.value)
+                features = _feature_options(pooling, layer, resize, batch_size)
+                found = embed(paths, options=options, features=features, progress=not quiet,
+                              on_failure=failures,
+                              runner=ray_runner_for(ray, ray_actors, options,
+                                                    (features.pooling, features.layer)))
                 paths, vectors = found.paths, found.vectors
         if not reproducible:
             print_warning("random weights: near duplicates are not searched, copies only")

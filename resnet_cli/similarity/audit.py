@@ -80,9 +80,10 @@ def run_audit(data_dir: Path, *, test_dir: Path | None, options: ModelOptions,
     vectors = rows.vectors[train]
     labels = [label_of[p] for p in paths]
     issues, overlaps, accuracy = _label_issues(vectors, labels, paths, data.class_names, folds)
-    dupes = find_duplicates(paths, vectors, threshold=near, copy_bits=copy_bits)
+    hashed = hash_paths(paths)  # once, for the duplicates and the leaks
+    dupes = find_duplicates(paths, vectors, threshold=near, copy_bits=copy_bits, hashed=hashed)
     leaks = _leaks(paths, vectors, [rows.paths[i] for i in tested], rows.vectors[tested],
-                   threshold=near, copy_bits=copy_bits)
+                   hashed=hashed, threshold=near, copy_bits=copy_bits)
     outliers = _outliers(vectors, paths)
     shown = [i.path for i in issues[:50]] + [o.path for o in outliers[:50]]
     return AuditResult(
@@ -141,12 +142,13 @@ def _out_of_sample(vectors: np.ndarray, labels: np.ndarray, folds: int) -> np.nd
 
 
 def _leaks(paths: Sequence[str], vectors: np.ndarray, test: Sequence[str],
-           test_vectors: np.ndarray, *, threshold: float | None, copy_bits: int) -> list[Leak]:
+           test_vectors: np.ndarray, *, hashed: tuple[np.ndarray, list[int]],
+           threshold: float | None, copy_bits: int) -> list[Leak]:
     """Training images with a copy (hash) or a near duplicate (features) among `test`."""
     if not test:
         return []
     found: dict[tuple[int, int], Leak] = {}
-    hashes, kept = hash_paths(paths)
+    hashes, kept = hashed
     test_hashes, test_kept = hash_paths(test)
     for a, b, s in zip(*(x.tolist() for x in hash_pairs(hashes, copy_bits,
                                                          other=test_hashes)), strict=True):

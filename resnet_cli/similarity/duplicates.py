@@ -36,9 +36,11 @@ class Keep(str, Enum):
 def find_duplicates(paths: Sequence[str], vectors: np.ndarray | None, *,
                     threshold: float | None = DEFAULT_THRESHOLD,
                     copy_bits: int = DEFAULT_COPY_BITS,
-                    on_failure: FailureHandler | None = None) -> DuplicatesResult:
+                    on_failure: FailureHandler | None = None,
+                    hashed: tuple[np.ndarray, list[int]] | None = None) -> DuplicatesResult:
     """Copy and near-duplicate groups among `paths` (`vectors[i]`: row of `paths[i]`, unit
-    length; None or `threshold` None: copies only). Unreadable images are left out."""
+    length; None or `threshold` None: copies only). Unreadable images are left out.
+    `hashed`: the paths' hashes if already computed (`copies.hash_paths`)."""
     import numpy as np
 
     unreadable: list[Unreadable] = []
@@ -48,9 +50,9 @@ def find_duplicates(paths: Sequence[str], vectors: np.ndarray | None, *,
         if on_failure is not None:
             on_failure(error)
 
-    hashes, hashed = hash_paths(paths, on_failure=fail)
+    hashes, kept = hashed if hashed is not None else hash_paths(paths, on_failure=fail)
     hi, hj, hs = hash_pairs(hashes, copy_bits)
-    position = np.asarray(hashed, dtype=np.int64)
+    position = np.asarray(kept, dtype=np.int64)
     copy_groups = leader_groups(len(paths), position[hi], position[hj], hs)
     groups = [Group(tuple(paths[m] for m in g.members), "copy", min(g.scores))
               for g in copy_groups]
