@@ -84,8 +84,9 @@ def main() -> None:
                    "-o", str(run))
         trained = time.perf_counter() - started
         started = time.perf_counter()
-        resnet("audit", str(root / "audit"), "--weights", str(run / "model.keras"), "-q",
-               "-o", str(root / "out"))
+        done = resnet("audit", str(root / "audit"), "--weights", str(run / "model.keras"),
+                      "-q", "-o", str(root / "out"))
+        print(done.stdout, end="")
         print(f"finetune on pretrain/ {trained:.0f} s, audit {time.perf_counter() - started:.0f} s")
         score(root / "out", truth, audited, "features of the model finetuned on pretrain/")
         if args.also_random:
