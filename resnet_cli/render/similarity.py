@@ -166,7 +166,7 @@ def audit_page(result: AuditResult) -> str:
                                    f"{n.similarity:.3f}",)) for n in result.neighbors.get(
                                        path, ()))
 
-    issues = tuple((Tile(i.path, (f"labelled {i.label}", f"score {i.score:.3f}"),
+    issues = tuple((Tile(i.path, (f"labelled {i.label}", f"score {i.score:.2g}"),
                          bold=f"suggested {i.suggested}", lead=True), *beside(i.path))
                    for i in result.label_issues)
     dupes = tuple(tuple(Tile(p, (g.kind,) if k == 0 else (), lead=k == 0)
