@@ -96,3 +96,23 @@ def test_bad_inputs(runner, tmp_path: Path, copies: list[dict[str, Path]]) -> No
     result = runner.invoke(app, ["duplicates", "--from", str(tmp_path / "missing.npy")])
     assert result.exit_code == 2 and "no such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_missing_extra_is_one_line_naming_it(copies: list[dict[str, Path]]) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'imagehash': raise ImportError('blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from resnet_cli.cli import app\n"
+        f"app(args=['duplicates', {str(copies[0]['orig'])!r}, '--weights', 'none'],"
+        " prog_name='resnet')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: Finding copies needs imagehash: pip install " \
+                                  "'resnet[data]'"

@@ -249,6 +249,7 @@ def duplicates(
 
     from resnet_cli.render.findings import write_page
     from resnet_cli.render.similarity import duplicates_page, write_duplicates, write_lines
+    from resnet_cli.similarity.copies import require_copy_finding
     from resnet_cli.similarity.duplicates import find_duplicates, removal_list
     from resnet_cli.similarity.index import load_index
     from resnet_cli.similarity.vectors import embed, read_feature_file
@@ -258,6 +259,7 @@ def duplicates(
         sources = sum(x is not None for x in (index_path, from_file)) + bool(inputs)
         if sources > 1:
             raise UsageError("Give images, --index or --from, not more than one.")
+        require_copy_finding()
         vectors = None
         if index_path is not None or from_file is not None:
             found = (load_index(index_path) if index_path is not None

@@ -34,6 +34,12 @@ def _imagehash() -> Any:
     return require_module("imagehash", extra="data", purpose="Finding copies")
 
 
+def require_copy_finding() -> None:
+    """Fail in one line, before any work, when the data extra is missing."""
+    _imagehash()
+    require_module("faiss", extra="data", purpose="Finding copies")
+
+
 def perceptual_hash(path: str) -> np.ndarray:
     """The 64-bit pHash of the image at `path`, as 8 bytes.
 
