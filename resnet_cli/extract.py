@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from resnet_cli.errors import ImageError, NoInputsError, OutputError, UsageError
-from resnet_cli.features import FeatureFile, check_feature_output, feature_writer, index_path
+from resnet_cli.features import (
+    FeatureFile,
+    check_feature_output,
+    feature_writer,
+    index_path,
+    write_feature_card,
+)
 from resnet_cli.images import ResizeMode
 
 if TYPE_CHECKING:
@@ -137,11 +143,36 @@ def extract_features(
     strategy = multi_gpu_strategy()
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         loaded = load_model(replace(options, include_top=False, pooling=None), progress=progress)
-        return _write_features(
+        summary = _write_features(
             paths, loaded, output, pooling=pooling, layer=layer, batch_size=batch_size,
             resize=resize, l2_normalize=l2_normalize, dtype=out_dtype, overwrite=overwrite,
             progress=progress, on_failure=on_failure, strategy=strategy, runner=runner,
         )
+    write_feature_card(output, feature_record(
+        loaded, weights=options.weights, pooling=pooling, layer=summary.layer, resize=resize,
+        l2_normalize=l2_normalize, precision=options.precision))
+    return summary
+
+
+FEATURE_RECORD_FORMAT = "resnet-features"
+
+
+def feature_record(loaded: LoadedModel, *, weights: str, pooling: str | None, layer: str,
+                   resize: ResizeMode | None, l2_normalize: bool, precision: str
+                   ) -> dict[str, Any]:
+    """What made a feature file's rows (written beside it as FILE.card.json): the model card,
+    the weights ("imagenet", "none" or a resolved file path) and the feature options, each
+    resolved, so an index can refuse rows of another model and recompute rows like them."""
+    from resnet_cli.models import resolve_pooling
+
+    kind = weights.strip().lower()
+    return {
+        "format": FEATURE_RECORD_FORMAT, "version": 1, "card": loaded.card.to_dict(),
+        "weights": kind if kind in ("imagenet", "none") else str(Path(weights).resolve()),
+        "pooling": resolve_pooling(pooling, include_top=False) or "none", "layer": layer,
+        "resize": loaded.resize_or_own(resize).value, "l2_normalize": l2_normalize,
+        "precision": precision,
+    }
 
 
 def write_features(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 NPY, NPZ = ".npy", ".npz"
 INDEX_SUFFIX = ".paths.txt"  # feats.npy -> feats.paths.txt
+CARD_SUFFIX = ".card.json"  # feats.npy / feats.npz -> feats.card.json: the model behind them
 FEATURES_KEY, PATHS_KEY = "features", "paths"  # the arrays in a .npz output
 COPY_CHUNK_BYTES = 16 * 1024 * 1024
 PATHS_PER_CHUNK = 8192
@@ -50,6 +51,24 @@ class FeatureFile:
 def index_path(output: Path) -> Path | None:
     """The row index beside a `.npy` output (`feats.npy` -> `feats.paths.txt`); None for .npz."""
     return output.with_suffix(INDEX_SUFFIX) if output.suffix.lower() == NPY else None
+
+
+def card_path(output: Path) -> Path:
+    """The record of the model beside a feature file (`feats.npy` -> `feats.card.json`)."""
+    return output.with_suffix(CARD_SUFFIX)
+
+
+def write_feature_card(output: Path, record: dict[str, Any]) -> Path:
+    """Write `record` (the model card and the feature options, JSON-ready) beside `output`,
+    atomically, so that an index or a search can tell which model the rows come from."""
+    import json
+
+    from resnet_cli.outputs import atomic_open
+
+    path = card_path(output)
+    with atomic_open(path) as handle:
+        handle.write(json.dumps(record, indent=2) + "\n")
+    return path
 
 
 def check_feature_output(output: Path, *, overwrite: bool) -> None:
@@ -92,6 +111,7 @@ def merge_features(files: Sequence[Path], output: Path, *, overwrite: bool = Fal
     total = sum(info.rows for info in infos)
     if total == 0:
         raise OutputError(f"Nothing to merge: the files hold no rows; {output} was not created.")
+    card = _common_card(files)
     dtype = np.dtype(first.dtype)
     row_bytes = dtype.itemsize * int(np.prod(first.row_shape, dtype=np.int64))
     chunk_rows = max(1, COPY_CHUNK_BYTES // max(row_bytes, 1))
@@ -107,8 +127,38 @@ def merge_features(files: Sequence[Path], output: Path, *, overwrite: bool = Fal
                     rows = np.frombuffer(block, dtype=dtype).reshape(count, *info.row_shape)
                     writer.add(rows, list(itertools.islice(names, count)))
                     left -= count
+    if card is not None:
+        write_feature_card(output, card)
     return FeatureFile(path=output, index=index_path(output), rows=total,
                        row_shape=first.row_shape, dtype=dtype.name)
+
+
+def _common_card(files: Sequence[Path]) -> dict[str, Any] | None:
+    """The model record beside every file (None when they have none, as from an older
+    extract).
+
+    Raises:
+        UsageError: records that differ (shards of different models), or only some files
+            with one.
+    """
+    import json
+
+    cards = []
+    for path in files:
+        beside = card_path(path)
+        try:
+            cards.append(json.loads(beside.read_text(encoding="utf-8"))
+                         if beside.is_file() else None)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{beside}: not readable as JSON ({exc}).") from None
+    if all(card is None for card in cards):
+        return None
+    for path, card in zip(files, cards, strict=True):
+        if card != cards[0]:
+            raise UsageError(f"{path} and {files[0]} were extracted with different models or "
+                             f"options (their {CARD_SUFFIX} files differ); merge only shards of "
+                             "one run.")
+    return cards[0]
 
 
 def _open_feature_file(path: Path, stack: contextlib.ExitStack

@@ -281,3 +281,22 @@ def shapes_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         Image.fromarray(pixels).save(paths[-1])
     return {"path": run / "model.keras", "model": model, "paths": paths, "truth": truth,
             "boxes": boxes}
+
+
+# ----- index, search, duplicates, audit (test_index, test_search, test_audit) ---------------
+
+SIM_SIZE = 32  # pixels: the smallest input every ResNet stage takes
+
+
+@pytest.fixture(scope="session")
+def sim_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight ResNet50 backbone at 32 px saved as a weights file: features that a
+    later run reproduces exactly (unlike --weights none)."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.applications.ResNet50(include_top=False, weights=None,
+                                        input_shape=(SIM_SIZE, SIM_SIZE, 3))
+    path = tmp_path_factory.mktemp("sim") / "r50_32.weights.h5"
+    model.save_weights(path)
+    return path

@@ -132,3 +132,28 @@ def test_memory_stays_flat_as_inputs_grow(tmp_path: Path) -> None:
     print(f"peak RSS: 60 images {peaks[60]:.0f} MiB, 300 images {peaks[300]:.0f} MiB")
     # Keeping the features in memory would add 240 MiB to the larger run.
     assert peaks[300] - peaks[60] < 80, peaks
+
+
+def test_merge_carries_the_shards_common_card_and_refuses_different_ones(tmp_path: Path
+                                                                         ) -> None:
+    import json
+
+    import pytest
+
+    from resnet_cli.errors import UsageError
+    from resnet_cli.features import merge_features
+
+    record = {"format": "resnet-features", "weights": "imagenet", "pooling": "avg"}
+    shards = []
+    for k in range(2):
+        path = tmp_path / f"feats-{k}.npy"
+        np.save(path, np.full((2, 4), k, dtype=np.float32))
+        path.with_suffix(".paths.txt").write_text(f"a{k}.jpg\nb{k}.jpg\n")
+        path.with_suffix(".card.json").write_text(json.dumps(record))
+        shards.append(path)
+    merge_features(shards, tmp_path / "all.npy")
+    assert json.loads((tmp_path / "all.card.json").read_text()) == record
+    shards[1].with_suffix(".card.json").write_text(json.dumps({**record, "pooling": "max"}))
+    with pytest.raises(UsageError, match="different models"):
+        merge_features(shards, tmp_path / "other.npy")
+    assert not (tmp_path / "other.npy").exists()

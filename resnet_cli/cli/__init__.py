@@ -16,7 +16,16 @@ from typing import Annotated
 import typer
 
 from resnet_cli import __version__
-from resnet_cli.cli import classify, explain, export, features, inspect, serve, training
+from resnet_cli.cli import (
+    classify,
+    explain,
+    export,
+    features,
+    inspect,
+    serve,
+    similarity,
+    training,
+)
 from resnet_cli.cli.messages import RedactingFormatter, state
 from resnet_cli.errors import EXIT_USAGE
 
@@ -75,7 +84,8 @@ def help_text(doc: str | None) -> str:
 
 for command in (classify.classify, explain.explain, features.extract, features.merge,
                 training.finetune, training.evaluate, inspect.summary, inspect.benchmark,
-                export.export, serve.serve):
+                export.export, serve.serve, similarity.index, similarity.search,
+                similarity.duplicates, similarity.audit):
     app.command(help=help_text(command.__doc__))(command)
 
 
