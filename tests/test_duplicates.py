@@ -115,4 +115,4 @@ def test_a_missing_extra_is_one_line_naming_it(copies: list[dict[str, Path]]) ->
                           timeout=120, check=False)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: Finding copies needs imagehash: pip install " \
-                                  "'resnet[data]'"
+                                  "'resnet-cli[data]'"
