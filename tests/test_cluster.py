@@ -364,7 +364,7 @@ def test_ray_options_are_checked(runner, monkeypatch: pytest.MonkeyPatch) -> Non
     result = runner.invoke(app, ["extract", "a.jpg", "-o", "f.npy", "--ray", "somewhere"])
     assert result.exit_code == 2 and "HOST:PORT" in result.stderr
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(UsageError, match=r"pip install 'resnet\[ray\]'"):
+    with pytest.raises(UsageError, match=r"pip install 'resnet-cli\[ray\]'"):
         require_module("ray", extra="ray", purpose="--ray")
 
 
