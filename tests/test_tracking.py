@@ -75,11 +75,14 @@ def scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def all_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every event file's scalars by tag, in step order as TensorBoard shows them (files
+    written in the same second need not sort by name in the order they were written); a
+    step logged twice would show twice."""
     merged: dict[str, list[tuple[int, float]]] = {}
     for path in event_files(folder):
         for tag, points in scalars(path).items():
             merged.setdefault(tag, []).extend(points)
-    return merged
+    return {tag: sorted(points, key=lambda point: point[0]) for tag, points in merged.items()}
 
 
 def read_history(run: Path) -> list[dict[str, str]]:
