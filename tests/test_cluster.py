@@ -26,7 +26,8 @@ from conftest import TINY, make_image
 
 from resnet_cli.backbones import build_feature_model
 from resnet_cli.cli import app
-from resnet_cli.cluster import RaySettings, parse_ray_actors, plan_pool, ray_runner
+from resnet_cli.cluster import ray_runner
+from resnet_cli.cluster.pool import RaySettings, parse_ray_actors, plan_pool
 from resnet_cli.errors import UsageError
 from resnet_cli.extras import require_module
 from resnet_cli.inference import FeatureSpec, predict_paths
@@ -280,7 +281,7 @@ def test_a_pool_the_cluster_cannot_offer_is_waited_for_then_refused(
     assert time.monotonic() - started < 60
     lines = result.stderr.splitlines()
     assert len(lines) == 2, result.stderr
-    assert lines[0].startswith("WARNING resnet_cli.cluster: waiting up to 2 s for the Ray "
+    assert lines[0].startswith("WARNING resnet_cli.cluster.pool: waiting up to 2 s for the Ray "
                                "cluster to offer 3 CPU(s) (2 model actor(s) and a task that "
                                "reads images)")
     assert lines[1].startswith("error: the Ray cluster did not offer 3 CPU(s)") and \

@@ -126,7 +126,7 @@ def _check_ray_address(value: str | None) -> str | None:
 
 
 def _check_ray_actors(value: str) -> str:
-    from resnet_cli.cluster import parse_ray_actors
+    from resnet_cli.cluster.pool import parse_ray_actors
 
     try:
         parse_ray_actors(value)
