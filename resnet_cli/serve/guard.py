@@ -206,16 +206,18 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+_TIMEOUT_BODY = b'{"error":"the request did not arrive within --request-timeout."}'
+_TIMEOUT_ANSWER = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                   b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+                   % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
+
+
 def protocol_class(request_timeout: float, *, on_timeout: Callable[[Any], None]) -> type:
     """uvicorn's h11 protocol with a deadline on each request: its headers must arrive within
     `request_timeout` of its first byte (of the connection, for the first request), else 408
     and the connection is closed; the deadline goes into the scope for `Guard` to apply to
     the body. `on_timeout(client)` is called for each header timeout."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    body = b'{"error":"the request did not arrive within --request-timeout."}'
-    answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-              b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
 
     class DeadlineH11Protocol(H11Protocol):
         _timer: Any = None
@@ -267,11 +269,10 @@ def protocol_class(request_timeout: float, *, on_timeout: Callable[[Any], None])
 
         def _expired(self) -> None:
             self._timer = None
-            if self.transport.is_closing():
-                return
-            if self.cycle is None or self.cycle.response_complete:
+            idle = self.cycle is None or self.cycle.response_complete  # no answer under way
+            if idle and not self.transport.is_closing():
                 on_timeout(self.client)
-                self.transport.write(answer)
+                self.transport.write(_TIMEOUT_ANSWER)
                 self.transport.close()
 
     return DeadlineH11Protocol
